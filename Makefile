@@ -1,0 +1,34 @@
+# Each target makes its own virtual environment, so both work on a fresh machine with python3.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: serve test lint train bench docker-build clean
+
+$(VENV)/.serve-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train,dev]'
+	touch $(VENV)/.serve-installed $@
+
+serve: $(VENV)/.serve-installed  ## set up and serve the default model on :8000
+	$(PY) -m service
+
+test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+train: $(VENV)/.dev-installed  ## reproduce the shipped default model
+	$(PY) -m training --mixed-precision --int8 --epochs 40 --out models
+
+bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Settings, read from environment variables (upper-case field names) and validated at start-up."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, env_file=None, frozen=True)
+
+    # Model: metadata is read from the .json file beside the .onnx file.
+    model_path: Path = Path("models/model.onnx")
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    graceful_shutdown_s: float = Field(20.0, gt=0, description="time in-flight requests get after SIGTERM")
+
+    # Upload limits: a phone photo is 3-12 MB, so 20 MB per file, 16 files, 64 MB per request.
+    max_file_bytes: int = Field(20 * MiB, gt=0)
+    max_body_bytes: int = Field(64 * MiB, gt=0)
+    max_files: int = Field(16, ge=1)
+    max_pixels: int = Field(64_000_000, gt=0, description="declared width x height; bombs are refused")
+    request_timeout_s: float = Field(30.0, gt=0, description="upload + inference; 408/503 after it")
+
+    # Micro-batching: 0 ms wait batches only what queued while the previous batch ran.
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    max_queue_images: int = Field(64, ge=1, description="beyond this, 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1)
+
+    # onnxruntime: 0 threads means the CPUs this container may use (cgroup quota and affinity).
+    ort_intra_op_threads: int = Field(0, ge=0)
+    ort_inter_op_threads: int = Field(1, ge=1)
+    ort_cpu_mem_arena: bool = Field(False, description="off keeps memory flat under changing batch sizes")
+    decode_threads: int = Field(0, ge=0, description="0 means the available CPUs")
+
+    # Security: no CORS origin and no key unless configured.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_key: SecretStr | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # "https://a.example,https://b.example" is easier to pass with -e than JSON.
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def metadata_path(self) -> Path:
+        return self.model_path.with_suffix(".json")

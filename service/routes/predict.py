@@ -1,0 +1,56 @@
+"""POST /predict: decode -> predict -> encode."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from service.deps import RuntimeDep
+from service.encoding import encode
+from service.schemas import ErrorResponse, PredictResponse
+from service.security import require_api_key
+
+router = APIRouter()
+
+_errors = {
+    400: "not a decodable image (empty, truncated, garbage) or a malformed multipart body",
+    401: "API_KEY is set and X-API-Key is missing or wrong",
+    408: "the upload took longer than REQUEST_TIMEOUT_S",
+    413: "body, file or declared pixel count over the limit",
+    415: "unsupported Content-Type or image format",
+    422: "no 'file'/'files' field, an unexpected field, or too many files",
+    503: "overloaded or not ready; retry after the Retry-After header's seconds",
+}
+_binary = {"type": "string", "format": "binary"}
+# The body is parsed by hand (three shapes share one route), so its schema is stated here for /docs.
+_request_body = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {**_binary, "description": "one image"},
+                    "files": {"type": "array", "items": _binary, "description": "several images"},
+                },
+            }
+        },
+        "image/*": {"schema": _binary},
+        "application/octet-stream": {"schema": _binary},
+    },
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
+    openapi_extra={"requestBody": _request_body},
+    dependencies=[Depends(require_api_key)],
+)
+async def predict(request: Request, runtime: RuntimeDep) -> PredictResponse:
+    """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
+    deadline = runtime.deadline()
+    uploads = await runtime.receive(request, deadline)
+    images = await runtime.decode(uploads, deadline)
+    probabilities = await runtime.predict(images, deadline)
+    return encode(runtime.classifier, uploads, probabilities)

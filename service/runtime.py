@@ -1,0 +1,118 @@
+"""Everything a request needs once the model is up: decode pool, batcher, classifier, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import HTTPException, Request
+
+from service.batching import MicroBatcher, OverloadedError
+from service.config import Settings
+from service.cpu import available_cpus
+from service.errors import http_error_for_image
+from service.metrics import Metrics
+from service.model import Classifier, SessionSettings
+from service.preprocessing import ImageError, preprocess_bytes
+from service.uploads import Upload, read_uploads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    classifier: Classifier
+    metrics: Metrics
+    batcher: MicroBatcher
+    decoder: ThreadPoolExecutor
+    ready: bool = field(default=False)
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Runtime:
+        """Loads, checks and warms the model; raises ModelLoadError with a message for the log."""
+        classifier = Classifier.load(
+            settings.model_path,
+            settings.metadata_path,
+            SessionSettings(
+                settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_cpu_mem_arena
+            ),
+        )
+        batcher = MicroBatcher(
+            classifier.predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queue=settings.max_queue_images,
+            on_batch=metrics.observe_batch,
+        )
+        # Bounded, so many concurrent large uploads cannot each hold a full decoded image at once.
+        decoder = ThreadPoolExecutor(
+            max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
+        )
+        return cls(settings, classifier, metrics, batcher, decoder)
+
+    def warm_up(self) -> float:
+        return self.classifier.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self.decoder.shutdown(wait=True)
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    async def receive(self, request: Request, deadline: float) -> list[Upload]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await read_uploads(request, self.settings.max_files, self.settings.max_file_bytes)
+        except TimeoutError as exc:
+            raise HTTPException(
+                408, f"the upload did not arrive within {self.settings.request_timeout_s:g} s"
+            ) from exc
+
+    async def decode(self, uploads: Sequence[Upload], deadline: float) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(self.decoder, preprocess_bytes, upload.data, self.settings.max_pixels)
+            for upload in uploads
+        ]
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+        except TimeoutError as exc:
+            raise self._busy("decoding took too long") from exc
+        for upload, result in zip(uploads, results, strict=True):
+            if isinstance(result, ImageError):
+                self.metrics.rejected.labels(type(result).__name__).inc()
+                raise http_error_for_image(result, upload.name_for_errors)
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    async def predict(self, images: Sequence[np.ndarray], deadline: float) -> list[float]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.batcher.predict_many(images)
+        except OverloadedError as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise self._busy(f"overloaded ({exc})") from exc
+        except TimeoutError as exc:
+            raise self._busy("inference did not finish in time") from exc
+        finally:
+            self.metrics.queue_depth.set(self.batcher.queued)
+
+    def _busy(self, why: str) -> HTTPException:
+        return HTTPException(
+            503,
+            f"the service is busy: {why}; retry after {self.settings.retry_after_s} s",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )

@@ -1,0 +1,31 @@
+"""Response bodies, so /docs shows exactly what clients get."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelRef(BaseModel):
+    id: str = Field(description="sha256 of the ONNX file that answered")
+    name: str
+
+
+class Prediction(BaseModel):
+    filename: str | None = Field(description="the uploaded file's name, when the client sent one")
+    probability: float = Field(ge=0, le=1, description="probability of the positive class")
+    label: str = Field(description="class name at the model's decision threshold")
+    scores: dict[str, float] = Field(description="each class name with its score; they sum to 1")
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    threshold: float
+    predictions: list[Prediction] = Field(description="one per image, in upload order")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what went wrong and what to do about it")
+
+
+class Health(BaseModel):
+    status: str

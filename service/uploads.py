@@ -1,0 +1,83 @@
+"""Getting image bytes out of a request: multipart fields `file`/`files`, or a raw image body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+FILE_FIELDS = ("file", "files")
+RAW_MEDIA_TYPES = ("application/octet-stream",)
+MAX_FILENAME_CHARS = 255
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+    @property
+    def name_for_errors(self) -> str:
+        return f"file '{self.filename}'" if self.filename else "the request body"
+
+
+def media_type_of(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _too_large(what: str, limit: int) -> HTTPException:
+    return HTTPException(413, f"{what} is larger than the {limit}-byte limit per file")
+
+
+async def read_uploads(request: Request, max_files: int, max_file_bytes: int) -> list[Upload]:
+    media_type = media_type_of(request)
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request, max_files, max_file_bytes)
+    if media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES:
+        data = await request.body()
+        if len(data) > max_file_bytes:
+            raise _too_large("the request body", max_file_bytes)
+        return [Upload(None, data)]
+    shown = media_type or "no Content-Type"
+    raise HTTPException(
+        415,
+        f"{shown} is not accepted: send multipart/form-data with a 'file' field, "
+        "or the image itself with an image/* Content-Type",
+    )
+
+
+async def _read_multipart(request: Request, max_files: int, max_file_bytes: int) -> list[Upload]:
+    # Our own parser call rather than request.form(): its errors come back as 400 only.
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=100)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise HTTPException(422, f"too many files: at most {max_files} per request") from exc
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from exc
+    try:
+        unexpected = sorted(
+            {key for key, value in form.multi_items() if isinstance(value, UploadFile)} - set(FILE_FIELDS)
+        )
+        if unexpected:
+            raise HTTPException(
+                422, f"unexpected file field(s) {unexpected}: use 'file' for one image or 'files' for several"
+            )
+        uploads: list[Upload] = []
+        for field in FILE_FIELDS:
+            for value in form.getlist(field):
+                if not isinstance(value, UploadFile):
+                    raise HTTPException(422, f"field '{field}' must be a file upload, not text")
+                name = (value.filename or "")[:MAX_FILENAME_CHARS] or None
+                if value.size is not None and value.size > max_file_bytes:
+                    raise _too_large(f"file '{name}'", max_file_bytes)
+                uploads.append(Upload(name, await value.read()))
+        if not uploads:
+            raise HTTPException(
+                422, "no image: send it in a multipart field named 'file' (or several 'files' fields)"
+            )
+        return uploads
+    finally:
+        await form.close()

@@ -1,0 +1,121 @@
+"""Labelled images from a folder of classes or from the ELPV data set, all through the shared preprocessing."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from service.preprocessing import ImageError, preprocess_bytes
+
+ELPV_CLASS_NAMES = ("functional", "defective")
+ELPV_DEFECT_THRESHOLD = 0.5
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+class DataError(Exception):
+    """A data set that cannot be used; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Model inputs (N, 100, 100, 1) raw 0-255, labels (N,) in {0, 1} and where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    sources: tuple[str, ...]
+    class_names: tuple[str, str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: np.ndarray) -> LabelledImages:
+        return LabelledImages(
+            self.x[index], self.y[index], tuple(self.sources[i] for i in index), self.class_names
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        return {name: int((self.y == k).sum()) for k, name in enumerate(self.class_names)}
+
+
+def _read(paths: list[Path], labels: list[int], class_names: tuple[str, str]) -> LabelledImages:
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(preprocess_bytes(path.read_bytes()))
+        except ImageError as exc:
+            raise DataError(f"{path}: {exc}") from exc
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+    return LabelledImages(
+        np.stack(arrays), np.asarray(labels, dtype=np.int64), tuple(map(str, paths)), class_names
+    )
+
+
+def load_folder(root: Path) -> LabelledImages:
+    """Two subfolders, one per class; sorted names, the second is the positive class (as Keras does)."""
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) != 2:
+        raise DataError(
+            f"data folder {root} must hold exactly two class subfolders, found {len(classes)}: {classes}"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise DataError(f"class folder {root / name} holds no images")
+        paths += files
+        labels += [label] * len(files)
+    return _read(paths, labels, (classes[0], classes[1]))
+
+
+def elpv_root() -> Path:
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or spec.origin is None:
+        raise DataError("the ELPV data set is not installed: pip install '.[train]'")
+    return Path(spec.origin).parent / "data"
+
+
+def load_elpv() -> LabelledImages:
+    """The 2,624 ELPV cells, read from the package's original 300x300 PNG files."""
+    root = elpv_root()
+    table = np.genfromtxt(
+        root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"]
+    )
+    labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int).tolist()
+    return _read([root / p for p in table["path"]], labels, ELPV_CLASS_NAMES)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: LabelledImages
+    validation: LabelledImages
+    test: LabelledImages
+
+
+def split(
+    data: LabelledImages, test_fraction: float, validation_fraction: float, seed: int
+) -> Split:
+    """Stratified, seeded: the test set first (training never sees it), then validation from the rest."""
+    for name, labelled in (("data set", data),):
+        if min(labelled.class_counts().values()) < 4:
+            raise DataError(f"the {name} needs at least 4 images of each class: {labelled.class_counts()}")
+    index = np.arange(len(data))
+    rest, test = train_test_split(
+        index, test_size=test_fraction, stratify=data.y, random_state=seed
+    )
+    if validation_fraction > 0:
+        train, validation = train_test_split(
+            rest, test_size=validation_fraction, stratify=data.y[rest], random_state=seed
+        )
+    else:
+        train, validation = rest, rest[:0]
+    return Split(data.subset(np.sort(train)), data.subset(np.sort(validation)), data.subset(np.sort(test)))

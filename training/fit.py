@@ -1,0 +1,172 @@
+"""Fitting the model: augmentation, class weights, checkpoints, early stopping and resume."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.data import LabelledImages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    augment: bool = True
+    class_weight: bool = False
+    early_stopping_patience: int = 10
+    reduce_lr_patience: int = 4
+    seed: int = 42
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    root: Path
+
+    @property
+    def best_weights(self) -> Path:
+        return self.root / "best.weights.h5"
+
+    @property
+    def backup(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+
+def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Solar cells have no preferred orientation: random flips and 90-degree turns keep labels."""
+    x = tf.image.rot90(x, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
+    x = tf.image.random_flip_left_right(x)
+    return x, y
+
+
+def make_dataset(
+    data: LabelledImages, batch_size: int, *, shuffle: bool, augmented: bool, seed: int
+) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((data.x, data.y.astype(np.float32)[:, None]))
+    if shuffle:
+        ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    if augmented:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(y, minlength=2)
+    return {k: len(y) / (2.0 * counts[k]) for k in range(2)}
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, per epoch (the figure the benchmarks report)."""
+
+    def __init__(self, images: int) -> None:
+        super().__init__()
+        self.images = images
+        self.per_epoch: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # Measured to the last training batch so validation time does not count.
+        rate = self.images / (self._last - self._start)
+        self.per_epoch.append(rate)
+        if logs is not None:
+            logs["train_images_per_s"] = rate
+
+
+def _history_best(path: Path, monitor: str) -> tuple[float, int]:
+    """Best monitored value so far and epochs since it, from the CSV log of earlier runs."""
+    if not path.exists():
+        return math.inf, 0
+    with path.open() as f:
+        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+    if not values:
+        return math.inf, 0
+    best = int(np.argmin(values))
+    return values[best], len(values) - 1 - best
+
+
+def fit(
+    model: keras.Model,
+    train: LabelledImages,
+    validation: LabelledImages | None,
+    settings: FitSettings,
+    checkpoints: CheckpointPaths,
+) -> tuple[list[float], int]:
+    """Fits in place; returns per-epoch training throughput and how many epochs ran in total."""
+    checkpoints.root.mkdir(parents=True, exist_ok=True)
+    if not settings.resume:
+        shutil.rmtree(checkpoints.backup, ignore_errors=True)
+        checkpoints.history.unlink(missing_ok=True)
+        checkpoints.best_weights.unlink(missing_ok=True)
+    monitor = "val_loss" if validation is not None and len(validation) else "loss"
+    best, since_best = _history_best(checkpoints.history, monitor)
+    if settings.resume and math.isfinite(best):
+        log.info("resuming: best %s so far %.4f, %d epochs ago", monitor, best, since_best)
+    throughput = Throughput(len(train))
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=settings.early_stopping_patience, verbose=1
+    )
+    callbacks = [
+        throughput,
+        keras.callbacks.BackupAndRestore(str(checkpoints.backup)),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoints.best_weights),
+            monitor=monitor,
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best if math.isfinite(best) else None,
+            verbose=1,
+        ),
+        early_stopping,
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-6, verbose=1
+        ),
+        keras.callbacks.CSVLogger(str(checkpoints.history), append=settings.resume),
+    ]
+    model.fit(
+        make_dataset(
+            train, settings.batch_size, shuffle=True, augmented=settings.augment, seed=settings.seed
+        ),
+        validation_data=(
+            make_dataset(validation, settings.batch_size, shuffle=False, augmented=False, seed=0)
+            if monitor == "val_loss"
+            else None
+        ),
+        epochs=settings.epochs,
+        class_weight=balanced_class_weight(train.y) if settings.class_weight else None,
+        callbacks=callbacks,
+        verbose=2 if not _is_tty() else 1,
+    )
+    if checkpoints.best_weights.exists():
+        model.load_weights(str(checkpoints.best_weights))
+    with checkpoints.history.open() as f:
+        epochs_run = sum(1 for _ in csv.DictReader(f))
+    return throughput.per_epoch, epochs_run
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
