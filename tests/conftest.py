@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny ONNX model with the real signature and a TestClient that runs the lifespan."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.config import Settings
+from tests.model_factory import build_tiny_onnx, write_tiny_metadata
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = build_tiny_onnx(tmp_path_factory.mktemp("tiny-model") / "model.onnx")
+    write_tiny_metadata(path)
+    return path
+
+
+@pytest.fixture
+def make_client(tiny_model_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """make_client(MAX_FILES=2, ...) -> a started TestClient over the tiny model with those settings."""
+    opened: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        settings = Settings(model_path=tiny_model_path, **{k.lower(): v for k, v in overrides.items()})
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in reversed(opened):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def png_bytes() -> bytes:
+    return image_bytes(Image.linear_gradient("L").resize((300, 300)), "PNG")

@@ -1,0 +1,69 @@
+"""A tiny ONNX model with the real signature, built with onnx.helper (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+CLASS_NAMES = ("functional", "defective")
+
+
+def tiny_probability(batch: np.ndarray) -> np.ndarray:
+    """What the tiny model computes: sigmoid(8 * (mean/255 - 0.5)), so brighter means more 'defective'."""
+    mean = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
+    return 1.0 / (1.0 + np.exp(-8.0 * (mean - 0.5)))
+
+
+def build_tiny_onnx(path: Path, *, input_shape: tuple = ("N", 100, 100, 1), output_width: int = 1) -> Path:
+    """input (N,100,100,1) float32 -> ReduceMean -> affine -> Sigmoid -> (N, output_width)."""
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Div", ["mean", "c255"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "half"], ["centred"]),
+        helper.make_node("Mul", ["centred", "gain"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["p"]),
+        helper.make_node("Unsqueeze", ["p", "one"], ["p1"]),
+        helper.make_node("Tile", ["p1", "repeats"], ["probability"]),
+    ]
+    initializers = [
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+        helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("repeats", TensorProto.INT64, [2], [1, output_width]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", output_width])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def write_tiny_metadata(onnx_path: Path, **overrides: object) -> Path:
+    metadata = {
+        "name": "tiny-test-model",
+        "class_names": list(CLASS_NAMES),
+        "threshold": 0.5,
+        "input": {"name": "input", "shape": [None, 100, 100, 1], "dtype": "float32"},
+        "output": {"shape": [None, 1], "dtype": "float32"},
+        "test_metrics": {"accuracy": 1.0},
+        "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        **overrides,
+    }
+    path = onnx_path.with_suffix(".json")
+    path.write_text(json.dumps(metadata))
+    return path
