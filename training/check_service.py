@@ -1,0 +1,66 @@
+"""Sends every held-out test image, as its original file bytes, through a running service and
+checks that the accuracy from the HTTP answers equals the one the train command recorded.
+
+    python -m training.check_service --url http://127.0.0.1:8000 --metadata models/model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from training import data as datasets
+from training.evaluate import binary_metrics
+
+
+def held_out_test_set(metadata: dict) -> datasets.LabelledImages:
+    """Rebuilds the exact test split from the settings recorded in the metadata."""
+    dataset = metadata["dataset"]
+    if dataset["name"] != "elpv":
+        raise SystemExit("check_service: only the ELPV data set can be rebuilt from metadata")
+    split = dataset["split"]
+    loaded = datasets.load_elpv()
+    return datasets.split(loaded, split["test_fraction"], split["validation_fraction"], split["seed"]).test
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="check_service", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--metadata", type=Path, default=Path("models/model.json"))
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    metadata = json.loads(args.metadata.read_text())
+    test = held_out_test_set(metadata)
+    with httpx.Client(base_url=args.url, timeout=60) as client:
+        served = client.get("/model").raise_for_status().json()
+        if served["id"] != metadata["sha256"]:
+            print(f"check_service: the service runs model {served['id'][:12]}, "
+                  f"not {metadata['sha256'][:12]} from {args.metadata}", file=sys.stderr)
+            return 2
+
+        def probability(path: str) -> float:
+            body = Path(path).read_bytes()
+            answer = client.post("/predict", content=body, headers={"content-type": "image/png"})
+            return answer.raise_for_status().json()["predictions"][0]["probability"]
+
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            probabilities = np.array(list(pool.map(probability, test.sources)))
+    measured = binary_metrics(test.y, probabilities, metadata["threshold"])
+    recorded = metadata["test_metrics"]
+    same = measured["confusion_matrix"] == recorded["confusion_matrix"]
+    print(f"held-out images sent over HTTP: {measured['images']}")
+    print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
+    print(f"accuracy at train time:   {recorded['accuracy']:.4f}  confusion {recorded['confusion_matrix']}")
+    print("identical" if same else "DIFFERENT: serving does not see what training saw")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
