@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test lint train bench docker-build clean
+.PHONY: serve test train bench docker-build clean
 
 $(VENV)/.serve-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+docker-build:  ## the deployment image (BASE_IMAGE overrides python:3.11-slim)
+	docker build --network host $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t cell-classifier .

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    graceful_shutdown_s: float = Field(20.0, gt=0, description="time in-flight requests get after SIGTERM")
+    graceful_shutdown_s: float = Field(
+        8.0, gt=0, description="time in-flight requests get after SIGTERM; under docker stop's 10 s"
+    )
 
     # Upload limits: a phone photo is 3-12 MB, so 20 MB per file, 16 files, 64 MB per request.
     max_file_bytes: int = Field(20 * MiB, gt=0)

@@ -1,0 +1,311 @@
+"""The Docker image, built from the repository and run the way a user runs it.
+
+Needs a Docker engine (skipped when `docker info` gets no answer). DOCKER_BASE_IMAGE picks the base image
+(default python:3.11-slim); DOCKER_BUILD_CONTEXT builds from another copy of the tree (default: this repository).
+Not DOCKER_CONTEXT: the docker CLI reads that one as the name of the engine to talk to.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.config import Settings
+from tests.model_factory import build_tiny_onnx, write_tiny_metadata
+
+pytestmark = pytest.mark.docker
+
+DOCKER = "/usr/bin/docker"
+REPO = Path(__file__).resolve().parents[2]
+CONTEXT = Path(os.environ.get("DOCKER_BUILD_CONTEXT") or REPO).resolve()
+BASE_IMAGE = os.environ.get("DOCKER_BASE_IMAGE") or "python:3.11-slim"
+TAG = "cell-classifier:pytest"
+LABEL = "cell-classifier.pytest=1"
+MAX_IMAGE_BYTES = 400 * 1000 * 1000  # docker reports decimal MB
+BUILD_TIMEOUT_S = 1800  # a cold build downloads the dependencies
+READY_TIMEOUT_S = 90
+STOP_GRACE_S = 10  # docker stop's default before SIGKILL
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    url: str
+
+    def logs(self) -> str:
+        result = docker("logs", self.id, check=False)
+        return result.stdout + result.stderr
+
+    def state(self, field: str) -> str:
+        return docker("inspect", "-f", f"{{{{.State.{field}}}}}", self.id).stdout.strip()
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return docker("exec", self.id, *command, check=False)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.state("Running") != "true":
+                pytest.fail(f"the container exited with {self.state('ExitCode')}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"/readyz did not answer 200 within {READY_TIMEOUT_S} s:\n{self.logs()}")
+
+
+def run_container(*run_args: str) -> Container:
+    """docker run -d with 8000 published on a free 127.0.0.1 port that the engine picks (no race)."""
+    container_id = docker("run", "-d", "-p", "127.0.0.1::8000", *run_args, TAG).stdout.strip()
+    port = docker("port", container_id, "8000/tcp", check=False)
+    if port.returncode != 0:
+        docker("rm", "--force", container_id, check=False)
+        pytest.fail(f"docker port: {port.stderr}")
+    return Container(container_id, f"http://{port.stdout.split()[0]}")  # 127.0.0.1:PORT
+
+
+@pytest.fixture(scope="module")
+def engine() -> None:
+    try:
+        answered = subprocess.run([DOCKER, "info"], capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        answered = False
+    if not answered:
+        pytest.skip(f"no Docker engine answers {DOCKER} info")
+
+
+@pytest.fixture(scope="module")
+def default_model(engine: None) -> Path:
+    model = CONTEXT / "models" / "model.onnx"
+    missing = [path.name for path in (model, model.with_suffix(".json")) if not path.is_file()]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} missing from {model.parent}: the image ships the default model, "
+            "so train it first (make train) or set DOCKER_BUILD_CONTEXT to a tree that has one"
+        )
+    return model
+
+
+@pytest.fixture(scope="module")
+def image(default_model: Path) -> Iterator[str]:
+    """The image, built like the README says; kept by tag so a rerun reuses its layers."""
+    command = [DOCKER, "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"]
+    command += ["--label", LABEL, "-t", TAG, str(CONTEXT)]
+    build = subprocess.run(
+        command,
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"docker build failed ({build.returncode}):\n{(build.stdout + build.stderr)[-6000:]}")
+    yield TAG
+    # Earlier builds of this tag, left untagged by this one.
+    docker("image", "prune", "--force", "--filter", f"label={LABEL}", check=False)
+
+
+@pytest.fixture(scope="module")
+def served(image: str) -> Iterator[Container]:
+    """The image as shipped: default model, default settings."""
+    container = run_container()
+    try:
+        container.wait_ready()
+        yield container
+    finally:
+        docker("rm", "--force", container.id, check=False)
+
+
+@pytest.fixture(scope="module")
+def in_process(default_model: Path) -> Iterator[TestClient]:
+    """The same service in this process, over the same model file the image was built with."""
+    with TestClient(create_app(Settings(model_path=default_model))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def mounted_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's own model in a directory the container's non-root user can read."""
+    directory = tmp_path_factory.mktemp("mounted-model")
+    model = build_tiny_onnx(directory / "model.onnx")
+    write_tiny_metadata(model)
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    return model
+
+
+def sample_png() -> bytes:
+    # A dark cell with a bright diagonal crack, 300x300, so the model resizes it.
+    pixels = np.full((300, 300), 60, np.uint8)
+    for offset in range(-3, 4):
+        pixels[np.arange(300), np.clip(np.arange(300) + offset, 0, 299)] = 230
+    return image_bytes(Image.fromarray(pixels, "L"), "PNG")
+
+
+def sample_jpeg() -> bytes:
+    # RGB noise: exercises the greyscale conversion and the JPEG decoder.
+    pixels = np.random.default_rng(7).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    return image_bytes(Image.fromarray(pixels, "RGB"), "JPEG", quality=90)
+
+
+def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+SAMPLES = {"cell.png": (sample_png, "image/png"), "cell.jpg": (sample_jpeg, "image/jpeg")}
+
+
+def predict(client: httpx.Client | TestClient, url: str, filename: str) -> dict:
+    make, media_type = SAMPLES[filename]
+    response = client.post(url, files={"file": (filename, make(), media_type)})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_same_answer(got: dict, expected: dict) -> None:
+    assert got["model"] == expected["model"]
+    assert got["threshold"] == expected["threshold"]
+    assert len(got["predictions"]) == len(expected["predictions"]) == 1
+    for mine, theirs in zip(got["predictions"], expected["predictions"], strict=True):
+        assert mine["filename"] == theirs["filename"]
+        assert mine["label"] == theirs["label"]
+        # Same model and onnxruntime; threads may still reorder float sums in the last bits.
+        assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
+        assert mine["scores"] == pytest.approx(theirs["scores"], abs=1e-6)
+
+
+def test_image_is_under_400_mb(image: str) -> None:
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
+    assert size < MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.0f} MB"
+
+
+def test_image_holds_only_the_service_and_the_default_model(served: Container) -> None:
+    paths = set(served.exec("find", "/app", "-maxdepth", "2", "-not", "-path", "/app/service/*").stdout.split())
+    plots = {path for path in paths if path.startswith("/app/models/") and path.endswith(".png")}
+    assert paths - plots == {"/app", "/app/service", "/app/models", "/app/models/model.onnx", "/app/models/model.json"}
+    assert served.exec("python", "-c", "import service, onnxruntime, uvicorn").returncode == 0
+
+
+def test_container_reports_healthy(served: Container) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while (status := served.state("Health.Status")) == "starting" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert status == "healthy", served.state("Health.Log")
+
+
+def test_readyz_answers_ready(served: Container) -> None:
+    response = httpx.get(f"{served.url}/readyz", timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("filename", SAMPLES)
+def test_predict_answers_like_the_in_process_service(served: Container, in_process: TestClient, filename: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        got = predict(client, f"{served.url}/predict", filename)
+    assert_same_answer(got, predict(in_process, "/predict", filename))
+
+
+def test_container_runs_as_a_non_root_user(served: Container) -> None:
+    uid = served.exec("id", "-u")
+    assert uid.returncode == 0, uid.stderr
+    assert int(uid.stdout) != 0
+
+
+def test_tensorflow_is_not_in_the_image(served: Container) -> None:
+    result = served.exec("python", "-c", "import tensorflow")
+    assert result.returncode != 0
+    assert "No module named 'tensorflow'" in result.stderr
+
+
+def test_docker_stop_lets_an_in_flight_request_finish_and_exits_0(image: str) -> None:
+    container = run_container()
+    try:
+        container.wait_ready()
+        data = sample_png()
+        head_sent, release = threading.Event(), threading.Event()
+        answers: list[httpx.Response | BaseException] = []
+
+        def slow_body() -> Iterator[bytes]:
+            yield data[:100]
+            head_sent.set()
+            release.wait(STOP_GRACE_S)
+            yield data[100:]
+
+        def upload() -> None:
+            try:
+                headers = {"Content-Type": "image/png", "Content-Length": str(len(data))}
+                answers.append(httpx.post(f"{container.url}/predict", content=slow_body(), headers=headers, timeout=30))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        assert head_sent.wait(10), "the upload did not start"
+        time.sleep(0.5)  # the request reaches the app while its body is still arriving
+
+        started = time.monotonic()
+        stop = subprocess.Popen(
+            [DOCKER, "stop", container.id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        # Uvicorn logs this once it has the SIGTERM and our request is still open.
+        while "Waiting for connections to close" not in container.logs() and time.monotonic() - started < 5:
+            time.sleep(0.1)
+        signalled_with_request_open = "Waiting for connections to close" in container.logs()
+        release.set()
+        uploader.join(15)
+        _, stop_errors = stop.communicate(timeout=STOP_GRACE_S + 20)
+        elapsed = time.monotonic() - started
+
+        assert signalled_with_request_open, container.logs()
+        assert stop.returncode == 0, stop_errors
+        assert len(answers) == 1
+        assert isinstance(answers[0], httpx.Response), f"the in-flight request failed: {answers[0]!r}"
+        assert answers[0].status_code == 200, answers[0].text
+        assert container.state("ExitCode") == "0", container.logs()
+        assert container.state("OOMKilled") == "false"
+        assert elapsed < STOP_GRACE_S, f"docker stop took {elapsed:.1f} s"
+    finally:
+        docker("rm", "--force", container.id, check=False)
+
+
+def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
+    container = run_container(
+        "-v", f"{mounted_model.parent}:/models:ro", "-e", f"MODEL_PATH=/models/{mounted_model.name}"
+    )
+    try:
+        container.wait_ready()
+        with httpx.Client(timeout=30) as client:
+            card = client.get(f"{container.url}/model").json()
+            got = predict(client, f"{container.url}/predict", "cell.png")
+        assert card["name"] == "tiny-test-model"
+        with TestClient(create_app(Settings(model_path=mounted_model))) as in_process:
+            assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
+    finally:
+        docker("rm", "--force", container.id, check=False)
