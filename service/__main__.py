@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import copy
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from service.config import Settings
+from service.model import Classifier, ModelLoadError, SessionSettings
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's own logging setup, with the service's loggers on the same handler and format."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["service"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    return config
+
+
+def check_model(settings: Settings) -> None:
+    """Fails fast with one line: a lifespan error would reach the log as a traceback from uvicorn."""
+    try:
+        Classifier.load(settings.model_path, settings.metadata_path, SessionSettings(1, 1, False))
+    except ModelLoadError as exc:
+        sys.exit(f"cannot start: {exc}")
 
 
 def main() -> None:
     settings = Settings()
+    check_model(settings)
+    # uvicorn handles SIGTERM itself (graceful shutdown), then restores this handler and raises the
+    # signal again: a stop after every admitted request was answered exits 0, not 143.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "service.app:app",
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings),
         # One process: the model already uses every core through onnxruntime's threads.
         workers=1,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,

@@ -114,6 +114,8 @@ class MicroBatcher:
         try:
             x = np.stack([item.x for item in live])
             probabilities = await loop.run_in_executor(self._executor, self._predict, x)
+            if len(probabilities) != len(live):
+                raise RuntimeError(f"the model returned {len(probabilities)} results for {len(live)} images")
         except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, logged there
             for item in live:
                 if not item.future.done():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from service.preprocessing import (
     ImageError,
@@ -31,5 +32,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is left to read an answer; 499 (nginx's "client closed request") keeps it apart in metrics.
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -100,6 +100,8 @@ class Classifier:
 
     @classmethod
     def load(cls, model_path: Path, metadata_path: Path, settings: SessionSettings) -> Classifier:
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file {model_path} does not exist")
         metadata = _read_metadata(metadata_path)
         try:
             data = model_path.read_bytes()

@@ -66,14 +66,16 @@ async def _read_multipart(request: Request, max_files: int, max_file_bytes: int)
                 422, f"unexpected file field(s) {unexpected}: use 'file' for one image or 'files' for several"
             )
         uploads: list[Upload] = []
-        for field in FILE_FIELDS:
-            for value in form.getlist(field):
-                if not isinstance(value, UploadFile):
-                    raise HTTPException(422, f"field '{field}' must be a file upload, not text")
-                name = (value.filename or "")[:MAX_FILENAME_CHARS] or None
-                if value.size is not None and value.size > max_file_bytes:
-                    raise _too_large(f"file '{name}'", max_file_bytes)
-                uploads.append(Upload(name, await value.read()))
+        # In the order they were sent: predictions are documented to follow upload order.
+        for field, value in form.multi_items():
+            if field not in FILE_FIELDS:
+                continue
+            if not isinstance(value, UploadFile):
+                raise HTTPException(422, f"field '{field}' must be a file upload, not text")
+            name = (value.filename or "")[:MAX_FILENAME_CHARS] or None
+            if value.size is not None and value.size > max_file_bytes:
+                raise _too_large(f"file '{name}'", max_file_bytes)
+            uploads.append(Upload(name, await value.read()))
         if not uploads:
             raise HTTPException(
                 422, "no image: send it in a multipart field named 'file' (or several 'files' fields)"

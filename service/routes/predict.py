@@ -30,8 +30,10 @@ _request_body = {
                 "type": "object",
                 "properties": {
                     "file": {**_binary, "description": "one image"},
-                    "files": {"type": "array", "items": _binary, "description": "several images"},
+                    "files": {"type": "array", "items": _binary, "minItems": 1, "description": "several images"},
                 },
+                # At least one image: a form with neither field is answered 422.
+                "minProperties": 1,
             }
         },
         "image/*": {"schema": _binary},

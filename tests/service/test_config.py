@@ -1,0 +1,76 @@
+"""Settings come from upper-case environment variables and are validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+@pytest.mark.parametrize(
+    ("value", "origins"),
+    [
+        ("https://lab.example", ["https://lab.example"]),
+        ("https://a.example,https://b.example", ["https://a.example", "https://b.example"]),
+        (" https://a.example , https://b.example ,, ", ["https://a.example", "https://b.example"]),
+        ("", []),
+    ],
+)
+def test_cors_origins_are_read_from_a_comma_separated_env_var(
+    monkeypatch: pytest.MonkeyPatch, value: str, origins: list[str]
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", value)
+    assert Settings().cors_origins == origins
+
+
+def test_settings_default_to_no_cors_origin_and_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORS_ORIGINS", raising=False)
+    monkeypatch.delenv("API_KEY", raising=False)
+    settings = Settings()
+    assert settings.cors_origins == []
+    assert settings.api_key is None
+
+
+def test_an_empty_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "")
+    assert Settings().api_key is None
+
+
+def test_the_api_key_is_kept_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "s3cret-key")
+    settings = Settings()
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret-key" not in repr(settings)
+
+
+def test_settings_read_typed_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_PATH", "/srv/models/cells.onnx")
+    monkeypatch.setenv("MAX_BATCH_WAIT_MS", "2.5")
+    monkeypatch.setenv("ORT_CPU_MEM_ARENA", "true")
+    settings = Settings()
+    assert settings.model_path == Path("/srv/models/cells.onnx")
+    assert settings.metadata_path == Path("/srv/models/cells.json")
+    assert settings.max_batch_wait_ms == 2.5
+    assert settings.ort_cpu_mem_arena is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "70000"),
+        ("MAX_BATCH_SIZE", "0"),
+        ("MAX_BATCH_WAIT_MS", "-1"),
+        ("MAX_QUEUE_IMAGES", "0"),
+        ("MAX_FILES", "many"),
+        ("LOG_LEVEL", "verbose"),
+        ("REQUEST_TIMEOUT_S", "0"),
+    ],
+)
+def test_settings_refuse_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()

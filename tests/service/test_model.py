@@ -1,0 +1,128 @@
+"""Start-up refuses a model it cannot serve, with a message that names the file and the reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.model import Classifier, ModelLoadError
+from tests.model_factory import build_tiny_onnx, write_tiny_metadata
+
+
+def start(model_path: Path) -> None:
+    with TestClient(create_app(Settings(model_path=model_path))):
+        pass
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return tmp_path / "model.onnx"
+
+
+def test_startup_fails_when_the_model_file_is_missing(model_path: Path) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path))
+    model_path.unlink()
+    with pytest.raises(ModelLoadError, match=f"^model file {re.escape(str(model_path))} does not exist$"):
+        start(model_path)
+
+
+def test_startup_fails_when_nothing_is_at_model_path(model_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=f"{re.escape(str(model_path.with_suffix('')))}.* does not exist"):
+        start(model_path)
+
+
+def test_startup_fails_when_the_model_is_not_onnx(model_path: Path) -> None:
+    model_path.write_bytes(np.random.default_rng(0).bytes(4096))
+    write_tiny_metadata(model_path)  # its sha256 matches, so the bytes themselves are refused
+    with pytest.raises(ModelLoadError, match=f"^model file {re.escape(str(model_path))} is not a loadable ONNX model"):
+        start(model_path)
+
+
+@pytest.mark.parametrize(
+    ("shape", "width", "message"),
+    [
+        (("N", 64, 64, 1), 1, r"takes tensor\(float\) \['N', 64, 64, 1\]; the service needs float32 \(N, 100, 100, 1"),
+        (("N", 100, 100, 3), 1, r"takes tensor\(float\) \['N', 100, 100, 3\]; the service needs"),
+        (("N", 100, 100, 1), 2, r"returns tensor\(float\) \['N', 2\]; expected float32 \(N, 1\)"),
+    ],
+    ids=["64x64-input", "rgb-input", "two-outputs-wide"],
+)
+def test_startup_fails_when_the_model_signature_is_wrong(
+    model_path: Path, shape: tuple[object, ...], width: int, message: str
+) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path, input_shape=shape, output_width=width))
+    with pytest.raises(ModelLoadError, match=f"^model {re.escape(str(model_path))} {message}"):
+        start(model_path)
+
+
+def test_startup_fails_when_the_metadata_is_missing(model_path: Path) -> None:
+    build_tiny_onnx(model_path)
+    metadata = re.escape(str(model_path.with_suffix(".json")))
+    with pytest.raises(ModelLoadError, match=f"^model metadata {metadata} does not exist"):
+        start(model_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not readable JSON"),
+        (json.dumps({"input": {}, "output": {}}), "is invalid: class_names: Field required"),
+        (
+            json.dumps({"class_names": ["a", "b", "c"], "input": {}, "output": {}}),
+            "is invalid: class_names: Tuple should have",
+        ),
+        (
+            json.dumps({"class_names": ["a", "b"], "threshold": "x", "input": {}, "output": {}}),
+            "is invalid: threshold: Input should",
+        ),
+    ],
+    ids=["not-json", "no-class-names", "three-classes", "bad-threshold"],
+)
+def test_startup_fails_when_the_metadata_is_unusable(model_path: Path, text: str, message: str) -> None:
+    build_tiny_onnx(model_path)
+    model_path.with_suffix(".json").write_text(text)
+    with pytest.raises(ModelLoadError, match=f"^model metadata .*model.json {message}"):
+        start(model_path)
+
+
+def test_startup_fails_when_the_metadata_declares_another_input(model_path: Path) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path), input={"name": "input", "shape": [None, 64, 64, 1]})
+    with pytest.raises(ModelLoadError, match=r"declares input .*64, 64.*, not \(N, 100, 100, 1\)"):
+        start(model_path)
+
+
+def test_startup_fails_when_the_sha256_does_not_match(model_path: Path) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path), sha256="0" * 64)
+    with pytest.raises(ModelLoadError, match=r"does not match its metadata .*model.json \(sha256 differs\)"):
+        start(model_path)
+
+
+def test_startup_fails_when_warm_up_returns_non_finite_output(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path))
+    monkeypatch.setattr(Classifier, "predict", lambda self, batch: np.full(len(batch), np.nan, np.float32))
+    with pytest.raises(ModelLoadError, match="warm-up returned malformed or non-finite output"):
+        start(model_path)
+
+
+def test_startup_failure_is_logged(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="service"), pytest.raises(ModelLoadError):
+        start(model_path)
+    assert any(record.getMessage().startswith("cannot start: model metadata") for record in caplog.records)
+
+
+def test_startup_accepts_metadata_without_a_sha256(model_path: Path) -> None:
+    build_tiny_onnx(model_path)
+    write_tiny_metadata(model_path, sha256=None)
+    with TestClient(create_app(Settings(model_path=model_path))) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/model").json()["sha256"] is None
