@@ -7,11 +7,23 @@ import contextlib
 import logging
 import os
 import platform
+import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_OUT = Path("models")
+
+
+def _filters(text: str) -> tuple[int, ...]:
+    """'8,16,32' -> (8, 16, 32); at most three blocks fit a 100x100 input."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if not 1 <= len(counts) <= 3 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive integers separated by commas, got {text!r}")
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--validation-split", type=float, default=0.15,
                       help="stratified validation fraction of what the test split leaves")
     fit = p.add_argument_group("fit")
-    fit.add_argument("--epochs", type=int, default=40)
-    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--epochs", type=int, default=40, help="most epochs to run; early stopping may end sooner")
+    fit.add_argument("--batch-size", type=int, default=32, help="images per training step")
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's initial learning rate")
     fit.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                      help="random flips and 90-degree rotations while training")
@@ -45,10 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="epochs without a better validation loss before halving the learning rate")
     fit.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=False,
                      help="train in mixed bfloat16 (faster on CPUs with AMX/AVX512-BF16); export stays float32")
-    fit.add_argument("--seed", type=int, default=42)
+    fit.add_argument("--seed", type=int, default=42, help="seeds the split, the initial weights and the shuffling")
     fit.add_argument("--resume", action="store_true",
                      help="continue from the last epoch checkpoint in --checkpoint-dir")
-    fit.add_argument("--filters", type=lambda s: tuple(int(v) for v in s.split(",")),
+    fit.add_argument("--filters", type=_filters,
                      default=(512, 256, 128),
                      help="filters per block, comma separated (the seed's by default; smaller for experiments)")
     out = p.add_argument_group("output")
@@ -59,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
                      help="also write model.int8.onnx, statically quantized and evaluated")
     args = p.parse_args(argv)
+    # Recorded in the metadata; sys.argv is someone else's when main() is called with arguments.
+    args.command = shlex.join(["train", *(sys.argv[1:] if argv is None else argv)])
     if args.dataset == "folder" and args.data_dir is None:
         p.error("--dataset folder needs --data-dir")
     if not 0 < args.test_split < 1:
@@ -191,7 +205,7 @@ def run(args: argparse.Namespace) -> dict:
             "reduce_lr_patience": args.reduce_lr_patience, "mixed_precision": args.mixed_precision,
             "filters": list(args.filters), "parameters": int(model.count_params()),
             "images_per_s_per_epoch": [round(v, 2) for v in throughput],
-            "command": "train " + " ".join(sys.argv[1:]),
+            "command": args.command,
         },
         "versions": _versions(),
         "quantization": None,

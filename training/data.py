@@ -109,13 +109,20 @@ def split(
         if min(labelled.class_counts().values()) < 4:
             raise DataError(f"the {name} needs at least 4 images of each class: {labelled.class_counts()}")
     index = np.arange(len(data))
-    rest, test = train_test_split(
-        index, test_size=test_fraction, stratify=data.y, random_state=seed
-    )
-    if validation_fraction > 0:
-        train, validation = train_test_split(
-            rest, test_size=validation_fraction, stratify=data.y[rest], random_state=seed
+    try:
+        rest, test = train_test_split(
+            index, test_size=test_fraction, stratify=data.y, random_state=seed
         )
-    else:
-        train, validation = rest, rest[:0]
+        if validation_fraction > 0:
+            train, validation = train_test_split(
+                rest, test_size=validation_fraction, stratify=data.y[rest], random_state=seed
+            )
+        else:
+            train, validation = rest, rest[:0]
+    except ValueError as exc:
+        # Fractions too small (or large) for the data: each part needs every class at least once.
+        raise DataError(
+            f"cannot split {data.class_counts()} with test fraction {test_fraction} and "
+            f"validation fraction {validation_fraction}: {exc}"
+        ) from exc
     return Split(data.subset(np.sort(train)), data.subset(np.sort(validation)), data.subset(np.sort(test)))

@@ -37,7 +37,8 @@ def plot_history(history_csv: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [float(r[key]) for r in rows], label=f"training {key}")
-        if rows and rows[0].get(f"val_{key}"):
+        # CSVLogger writes "NA" in the val_ columns when there was no validation data.
+        if rows and rows[0].get(f"val_{key}", "NA") != "NA":
             ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label=f"validation {key}")
         ax.set_xlabel("epoch")
         ax.set_title(key)

@@ -100,7 +100,8 @@ def _history_best(path: Path, monitor: str) -> tuple[float, int]:
     if not path.exists():
         return math.inf, 0
     with path.open() as f:
-        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+        # CSVLogger writes "NA" for metrics an epoch did not have (val_loss without validation data).
+        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor, "NA") not in ("", "NA")]
     if not values:
         return math.inf, 0
     best = int(np.argmin(values))
@@ -130,7 +131,8 @@ def fit(
     )
     callbacks = [
         throughput,
-        keras.callbacks.BackupAndRestore(str(checkpoints.backup)),
+        # Kept after a finished run too, so --resume with more epochs continues instead of starting over.
+        keras.callbacks.BackupAndRestore(str(checkpoints.backup), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
             str(checkpoints.best_weights),
             monitor=monitor,

@@ -117,7 +117,7 @@ def test_startup_fails_when_warm_up_returns_non_finite_output(
 def test_startup_failure_is_logged(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="service"), pytest.raises(ModelLoadError):
         start(model_path)
-    assert any(record.getMessage().startswith("cannot start: model metadata") for record in caplog.records)
+    assert any(record.getMessage().startswith("cannot start: model file") for record in caplog.records)
 
 
 def test_startup_accepts_metadata_without_a_sha256(model_path: Path) -> None:
