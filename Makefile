@@ -27,8 +27,11 @@ test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 train: $(VENV)/.dev-installed  ## reproduce the shipped default model
 	$(PY) -m training --mixed-precision --int8 --epochs 40 --out models
 
-bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md)
-	$(PY) -m bench
+bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md); BENCH_ARGS=--quick for a smoke run
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq wrk; \
+	  else echo "make bench needs wrk: sudo apt-get install wrk (or brew install wrk)" >&2; exit 1; fi; }
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""The issue's targets as ratios of measured figures, each PASS or MISS with its margin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from bench.ceiling import CeilingResult
+from bench.endtoend import LoadRow
+from bench.preprocessing import PreprocessingResult
+
+SERVICE: Final = "service"
+SERVICE_INT8: Final = "service-int8"
+BASELINE_KERAS: Final = "baseline-a-keras"
+BASELINE_ONNX: Final = "baseline-b-onnx"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    formula: str
+    value: float | None  # None: a figure it needs was not measured
+    bound: float
+    direction: Literal[">=", "<="]
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "n/a"
+        met = self.value >= self.bound if self.direction == ">=" else self.value <= self.bound
+        return "PASS" if met else "MISS"
+
+    @property
+    def margin(self) -> float | None:
+        """How far past the bound, as a fraction of it: positive passes, negative misses."""
+        if self.value is None:
+            return None
+        beyond = self.value - self.bound if self.direction == ">=" else self.bound - self.value
+        return beyond / self.bound
+
+
+def _row(rows: Sequence[LoadRow], server: str, corpus: str, connections: int) -> LoadRow | None:
+    return next((r for r in rows if (r.server, r.corpus, r.connections) == (server, corpus, connections)), None)
+
+
+def _rps(rows: Sequence[LoadRow], server: str, corpus: str, connections: int) -> float | None:
+    row = _row(rows, server, corpus, connections)
+    return None if row is None else row.requests_per_s
+
+
+def _p99(rows: Sequence[LoadRow], server: str, corpus: str, connections: int) -> float | None:
+    row = _row(rows, server, corpus, connections)
+    return None if row is None else row.p99_ms
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _ceiling(ceiling: Sequence[CeilingResult], model: str, batch: int) -> CeilingResult | None:
+    return next((c for c in ceiling if (c.model, c.batch_size) == (model, batch)), None)
+
+
+def evaluate(
+    ceiling: Sequence[CeilingResult],
+    preprocessing: Sequence[PreprocessingResult],
+    rows: Sequence[LoadRow],
+    corpora: Sequence[str],
+) -> list[Target]:
+    batch8 = _ceiling(ceiling, "fp32", 8)
+    batch1 = _ceiling(ceiling, "fp32", 1)
+    targets = [
+        Target(
+            "ELPV 16 conn: service fp32 vs ceiling batch 8",
+            "service req/s ÷ ceiling fp32 batch-8 images/s",
+            _ratio(_rps(rows, SERVICE, "elpv", 16), batch8.images_per_s if batch8 else None),
+            0.95, ">=",
+        ),
+        Target(
+            "ELPV 16 conn: service INT8 vs baseline (b)",
+            "service-int8 req/s ÷ baseline-b req/s",
+            _ratio(_rps(rows, SERVICE_INT8, "elpv", 16), _rps(rows, BASELINE_ONNX, "elpv", 16)),
+            1.6, ">=",
+        ),
+        Target(
+            "12 MP JPEG 16 conn: service vs baseline (b)",
+            "service req/s ÷ baseline-b req/s",
+            _ratio(_rps(rows, SERVICE, "photo-12mp", 16), _rps(rows, BASELINE_ONNX, "photo-12mp", 16)),
+            2.5, ">=",
+        ),
+    ]
+    for corpus in corpora:
+        prep = next((p for p in preprocessing if p.corpus == corpus), None)
+        floor = batch1.ms_per_batch_p50 + prep.service_ms_p50 if batch1 and prep else None
+        targets.append(
+            Target(
+                f"{corpus} 1 conn: service p99 vs model + preprocessing",
+                "p99 ÷ (ceiling fp32 batch-1 p50 ms + preprocess_bytes p50 ms)",
+                _ratio(_p99(rows, SERVICE, corpus, 1), floor),
+                1.3, "<=",
+            )
+        )
+    for corpus in corpora:
+        targets.append(
+            Target(
+                f"{corpus} 16 conn: service vs baseline (a)",
+                "service req/s ÷ baseline-a req/s",
+                _ratio(_rps(rows, SERVICE, corpus, 16), _rps(rows, BASELINE_KERAS, corpus, 16)),
+                5.0, ">=",
+            )
+        )
+    return targets
