@@ -25,7 +25,7 @@ test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 	$(PY) -m pytest
 
 train: $(VENV)/.dev-installed  ## reproduce the shipped default model
-	$(PY) -m training --mixed-precision --int8 --epochs 40 --out models
+	$(PY) -m training --mixed-precision --int8 --epochs 40 --threshold auto --out models
 
 bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md); BENCH_ARGS=--quick for a smoke run
 	@command -v wrk >/dev/null 2>&1 || { \

@@ -26,6 +26,15 @@ def _filters(text: str) -> tuple[int, ...]:
     return counts
 
 
+def _threshold(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or 'auto', got {text!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="train",
@@ -66,8 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for model.onnx, model.json and plots")
     out.add_argument("--checkpoint-dir", type=Path, help="default: OUT/checkpoints")
-    out.add_argument("--threshold", type=float, default=0.5,
-                     help="decision threshold on the positive-class probability")
+    out.add_argument("--threshold", type=_threshold, default=0.5,
+                     help="decision threshold on the positive-class probability, or 'auto': the one that "
+                          "maximises validation accuracy (never chosen on the test set)")
+    out.add_argument("--export-only", action="store_true",
+                     help="skip fitting: evaluate and export the best checkpoint in --checkpoint-dir")
     out.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
                      help="also write model.int8.onnx, statically quantized and evaluated")
     args = p.parse_args(argv)
@@ -81,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--validation-split must be in [0, 1)")
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
-    if not 0 < args.threshold < 1:
-        p.error("--threshold must be between 0 and 1")
+    if args.threshold != "auto" and not 0 < args.threshold < 1:
+        p.error("--threshold must be between 0 and 1, or auto")
     return args
 
 
@@ -115,9 +127,9 @@ def run(args: argparse.Namespace) -> dict:
 
     from service.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
     from training import data as datasets
-    from training.evaluate import binary_metrics, plot_confusion, plot_history, plot_roc
+    from training.evaluate import best_threshold, binary_metrics, plot_confusion, plot_history, plot_roc
     from training.export import export_onnx, onnx_predict, verify_export, write_metadata
-    from training.fit import CheckpointPaths, FitSettings, fit
+    from training.fit import CheckpointPaths, FitSettings, fit, read_history
     from training.model import compile_model, make_model
 
     log = logging.getLogger("train")
@@ -150,7 +162,14 @@ def run(args: argparse.Namespace) -> dict:
         reduce_lr_patience=args.reduce_lr_patience, seed=args.seed, resume=args.resume,
     )
     checkpoints = CheckpointPaths(args.checkpoint_dir or args.out / "checkpoints")
-    throughput, epochs_run = fit(model, parts.train, parts.validation or None, settings, checkpoints)
+    if args.export_only:
+        if not checkpoints.best_weights.exists():
+            raise datasets.DataError(f"no checkpoint to export: {checkpoints.best_weights} does not exist")
+        model.load_weights(str(checkpoints.best_weights))
+    else:
+        fit(model, parts.train, parts.validation or None, settings, checkpoints)
+    history = read_history(checkpoints.history)
+    throughput = [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
     if args.mixed_precision:
         # The served graph is float32: same weights, float32 arithmetic.
         keras.mixed_precision.set_global_policy("float32")
@@ -158,6 +177,14 @@ def run(args: argparse.Namespace) -> dict:
         model = make_model((*INPUT_SIZE, 1), filters=args.filters)
         model.set_weights(trained.get_weights())
 
+    if args.threshold == "auto":
+        if not len(parts.validation):
+            raise datasets.DataError("--threshold auto needs a validation set")
+        args.threshold = best_threshold(
+            parts.validation.y, model.predict(parts.validation.x, batch_size=64, verbose=0)[:, 0]
+        )
+        args.threshold_selection = "maximises validation accuracy"
+        log.info("threshold %.3f maximises validation accuracy", args.threshold)
     probability = model.predict(parts.test.x, batch_size=64, verbose=0)[:, 0]
     test_metrics = binary_metrics(parts.test.y, probability, args.threshold)
     log.info("held-out test: %s", test_metrics)
@@ -180,6 +207,7 @@ def run(args: argparse.Namespace) -> dict:
                    "meaning": f"probability of class '{loaded.class_names[1]}'"},
         "class_names": list(loaded.class_names),
         "threshold": args.threshold,
+        "threshold_selection": getattr(args, "threshold_selection", "fixed by --threshold"),
         "preprocessing": PREPROCESSING_DESCRIPTION,
         "dataset": {
             "name": args.dataset,
@@ -197,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
         "export": {"tool": "tf2onnx.convert.from_function", "opset": 17,
                    "max_abs_difference_vs_keras": difference, "tolerance": 1e-4},
         "training": {
-            "epochs_requested": args.epochs, "epochs_run": epochs_run,
+            "epochs_requested": args.epochs, "epochs_run": len(history),
             "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "optimizer": "adam", "loss": "binary_crossentropy",
             "augment": args.augment, "class_weight": args.class_weight,

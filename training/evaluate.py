@@ -30,6 +30,14 @@ def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float
     }
 
 
+def best_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:
+    """The threshold with the highest accuracy (ties: the one nearest 0.5); call it on validation data only."""
+    candidates = np.round(np.linspace(0.05, 0.95, 181), 3)
+    accuracy = np.array([np.mean((probability >= t) == y_true) for t in candidates])
+    best = np.flatnonzero(accuracy == accuracy.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
 def plot_history(history_csv: Path, out: Path) -> None:
     with history_csv.open() as f:
         rows = list(csv.DictReader(f))

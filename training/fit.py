@@ -95,6 +95,14 @@ class Throughput(keras.callbacks.Callback):
             logs["train_images_per_s"] = rate
 
 
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The per-epoch CSV log of every run that wrote to this checkpoint folder."""
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
 def _history_best(path: Path, monitor: str) -> tuple[float, int]:
     """Best monitored value so far and epochs since it, from the CSV log of earlier runs."""
     if not path.exists():
