@@ -18,7 +18,7 @@ from training.export import INPUT_NAME
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, x: np.ndarray, batch_size: int = 16) -> None:
+    def __init__(self, x: np.ndarray, batch_size: int = 8) -> None:
         self._batches = iter(
             [x[i : i + batch_size].astype(np.float32) for i in range(0, len(x), batch_size)]
         )
