@@ -26,7 +26,8 @@ OPTIONS = [
     "--dataset", "--data-dir", "--validation-data", "--test-split", "--validation-split",
     "--epochs", "--batch-size", "--learning-rate", "--augment", "--no-augment", "--class-weight",
     "--no-class-weight", "--early-stopping-patience", "--reduce-lr-patience", "--mixed-precision",
-    "--seed", "--resume", "--filters", "--out", "--checkpoint-dir", "--threshold", "--export-only", "--int8", "--no-int8",
+    "--seed", "--resume", "--filters", "--out", "--checkpoint-dir", "--threshold", "--export-only",
+    "--int8", "--no-int8",
 ]  # fmt: skip
 
 
