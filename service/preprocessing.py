@@ -92,6 +92,9 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
         # in place: a 64-megapixel upload stays at ~256 MB here, not gigabytes of float64 temporaries, and
         # float32 rounds every 16-bit level to the same gray level as float64 (no v/257 is near a .5 tie).
         wide = np.array(image, dtype=np.float32)
+        if image.mode == "F":
+            # NaN has no gray level (casting it is undefined); a corrupt float TIFF can hold it.
+            np.nan_to_num(wide, copy=False, nan=0.0)
         if image.mode.startswith("I;16") or (image.mode == "I" and wide.max(initial=0) > 255):
             wide *= np.float32(255.0 / 65535.0)
         np.rint(wide, out=wide)
