@@ -29,7 +29,12 @@ def service_session(path: Path) -> ort.InferenceSession:
     """The session the service would build: its session_options with the ORT_* settings of this environment."""
     settings = Settings(model_path=path)
     options = session_options(
-        SessionSettings(settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_cpu_mem_arena)
+        SessionSettings(
+            settings.ort_intra_op_threads,
+            settings.ort_inter_op_threads,
+            settings.ort_cpu_mem_arena,
+            settings.ort_allow_spinning,
+        )
     )
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 

@@ -41,7 +41,8 @@ class ModelMetadata(BaseModel):
 class SessionSettings:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    cpu_mem_arena: bool = False
+    cpu_mem_arena: bool = True
+    allow_spinning: bool = True
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
@@ -53,8 +54,7 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = settings.cpu_mem_arena
-    # Spinning threads burn CPU that image decoding on the same cores needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
     return options
 
 

@@ -39,7 +39,10 @@ class Runtime:
             settings.model_path,
             settings.metadata_path,
             SessionSettings(
-                settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_cpu_mem_arena
+                settings.ort_intra_op_threads,
+                settings.ort_inter_op_threads,
+                settings.ort_cpu_mem_arena,
+                settings.ort_allow_spinning,
             ),
         )
         batcher = MicroBatcher(

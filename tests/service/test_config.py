@@ -50,12 +50,12 @@ def test_the_api_key_is_kept_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> No
 def test_settings_read_typed_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_PATH", "/srv/models/cells.onnx")
     monkeypatch.setenv("MAX_BATCH_WAIT_MS", "2.5")
-    monkeypatch.setenv("ORT_CPU_MEM_ARENA", "true")
+    monkeypatch.setenv("ORT_CPU_MEM_ARENA", "false")
     settings = Settings()
     assert settings.model_path == Path("/srv/models/cells.onnx")
     assert settings.metadata_path == Path("/srv/models/cells.json")
     assert settings.max_batch_wait_ms == 2.5
-    assert settings.ort_cpu_mem_arena is True
+    assert settings.ort_cpu_mem_arena is False
 
 
 @pytest.mark.parametrize(
