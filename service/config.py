@@ -42,11 +42,11 @@ class Settings(BaseSettings):
     # onnxruntime: 0 threads means the CPUs this container may use (cgroup quota and affinity).
     ort_intra_op_threads: int = Field(0, ge=0)
     ort_inter_op_threads: int = Field(1, ge=1)
-    # Measured (BENCHMARKS.md): without the arena every batch mmaps and faults in its ~20 MB/image of
-    # activations, and without spinning each of the model's ops waits for a thread wake-up; both cut
-    # batch-8 throughput by a third or more. The arena's size is bounded by MAX_BATCH_SIZE.
+    # Measured (BENCHMARKS.md): without the arena every batch maps and faults in its ~20 MB/image of
+    # activations (a third of batch-8 throughput); its size is bounded by MAX_BATCH_SIZE. Spinning
+    # helps the model alone but starves the decode threads on a small box: photo throughput halved.
     ort_cpu_mem_arena: bool = Field(True, description="reuse activation buffers between batches")
-    ort_allow_spinning: bool = Field(True, description="intra-op threads spin briefly between ops")
+    ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
     decode_threads: int = Field(0, ge=0, description="0 means the available CPUs")
 
     # Security: no CORS origin and no key unless configured.

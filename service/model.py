@@ -42,7 +42,7 @@ class SessionSettings:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     cpu_mem_arena: bool = True
-    allow_spinning: bool = True
+    allow_spinning: bool = False
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:

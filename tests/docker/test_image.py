@@ -24,6 +24,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
+from tests import readiness
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 pytestmark = pytest.mark.docker
@@ -63,18 +64,12 @@ class Container:
         return docker("exec", self.id, *command, check=False)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.state("Running") != "true":
-                pytest.fail(f"the container exited with {self.state('ExitCode')}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"/readyz did not answer 200 within {READY_TIMEOUT_S} s:\n{self.logs()}")
+        def exited() -> str | None:
+            return None if self.state("Running") == "true" else f"the container exited with {self.state('ExitCode')}"
 
+        why = readiness.wait_ready(self.url, exited, READY_TIMEOUT_S, interval_s=0.5)
+        if why is not None:
+            pytest.fail(f"{why}:\n{self.logs()}")
 
 def run_container(*run_args: str) -> Container:
     """docker run -d with 8000 published on a free 127.0.0.1 port that the engine picks (no race)."""

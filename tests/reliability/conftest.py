@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests import readiness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,17 +54,12 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"the server was not ready within {timeout_s} s:\n{self.log}")
+        def exited() -> str | None:
+            return None if self.process.poll() is None else f"the server exited with {self.process.returncode}"
+
+        why = readiness.wait_ready(self.base_url, exited, timeout_s)
+        if why is not None:
+            raise RuntimeError(f"{why}:\n{self.log}")
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then the exit status (SIGKILL and a failure if it does not stop in time)."""

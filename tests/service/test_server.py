@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import readiness
 from tests.service.helpers import expected_probability, gray_png
 
 START_TIMEOUT_S = 90.0  # seconds when idle; a loaded box can take far longer to import onnxruntime
@@ -52,16 +52,12 @@ def server(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.P
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited with {process.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"the server was not ready within {START_TIMEOUT_S} s")
+    def exited() -> str | None:
+        return None if process.poll() is None else f"the server exited with {process.returncode}"
+
+    why = readiness.wait_ready(url, exited, START_TIMEOUT_S)
+    if why is not None:
+        pytest.fail(why)
 
 
 def test_server_answers_a_png_and_exits_cleanly_on_sigterm(
