@@ -6,6 +6,7 @@ import csv
 import logging
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +106,8 @@ def read_history(path: Path) -> list[dict[str, str]]:
 
 def _history_best(path: Path, monitor: str) -> tuple[float, int]:
     """Best monitored value so far and epochs since it, from the CSV log of earlier runs."""
-    if not path.exists():
-        return math.inf, 0
-    with path.open() as f:
-        # CSVLogger writes "NA" for metrics an epoch did not have (val_loss without validation data).
-        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor, "NA") not in ("", "NA")]
+    # CSVLogger writes "NA" for metrics an epoch did not have (val_loss without validation data).
+    values = [float(row[monitor]) for row in read_history(path) if row.get(monitor, "NA") not in ("", "NA")]
     if not values:
         return math.inf, 0
     best = int(np.argmin(values))
@@ -167,16 +165,9 @@ def fit(
         epochs=settings.epochs,
         class_weight=balanced_class_weight(train.y) if settings.class_weight else None,
         callbacks=callbacks,
-        verbose=2 if not _is_tty() else 1,
+        # One line per epoch in a log file; the live progress bar on a terminal.
+        verbose=1 if sys.stdout.isatty() else 2,
     )
     if checkpoints.best_weights.exists():
         model.load_weights(str(checkpoints.best_weights))
-    with checkpoints.history.open() as f:
-        epochs_run = sum(1 for _ in csv.DictReader(f))
-    return throughput.per_epoch, epochs_run
-
-
-def _is_tty() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
+    return throughput.per_epoch, len(read_history(checkpoints.history))
