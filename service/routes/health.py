@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import RuntimeDep
+from service.deps import RuntimeDep, ready_runtime
 from service.schemas import ErrorResponse, Health
 
 router = APIRouter()
@@ -23,8 +23,7 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Response:
     """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
-    runtime = getattr(request.state, "runtime", None)
-    if runtime is None or not runtime.ready:
+    if ready_runtime(request) is None:
         return JSONResponse({"detail": "the model is not ready"}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready"})
 
