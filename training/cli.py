@@ -59,7 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--batch-size", type=int, default=32, help="images per training step")
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's initial learning rate")
     fit.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="random flips and 90-degree rotations while training")
+                     help="random horizontal and vertical flips while training")
+    fit.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=False,
+                     help="also random 90-degree turns (off: ELPV busbars are horizontal)")
+    fit.add_argument("--lr-schedule", choices=("plateau", "cosine"), default="plateau",
+                     help="plateau: halve the rate when validation loss stalls; cosine: decay from "
+                          "--learning-rate to 1e-6 over --epochs")
+    fit.add_argument("--initial-weights", type=Path,
+                     help="start from these weights (a best.weights.h5 of an earlier run) instead of "
+                          "random ones")
     fit.add_argument("--class-weight", action=argparse.BooleanOptionalAction, default=False,
                      help="weight classes inversely to their frequency")
     fit.add_argument("--early-stopping-patience", type=int, default=10,
@@ -97,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--epochs and --batch-size must be positive")
     if args.threshold != "auto" and not 0 < args.threshold < 1:
         p.error("--threshold must be between 0 and 1, or auto")
+    if args.initial_weights is not None and not args.initial_weights.is_file():
+        p.error(f"--initial-weights {args.initial_weights} is not a file")
     return args
 
 
@@ -109,6 +119,13 @@ def _check_writable(folder: Path) -> None:
         raise DataError(f"cannot create output folder {folder}: {exc.strerror}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DataError(f"no write permission on output folder {folder}")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -162,6 +179,7 @@ def run(args: argparse.Namespace) -> dict:
         augment=args.augment, class_weight=args.class_weight,
         early_stopping_patience=args.early_stopping_patience,
         reduce_lr_patience=args.reduce_lr_patience, seed=args.seed, resume=args.resume,
+        quarter_turns=args.quarter_turns, lr_schedule=args.lr_schedule,
     )
     checkpoints = CheckpointPaths(args.checkpoint_dir or args.out / "checkpoints")
     if args.export_only:
@@ -169,6 +187,11 @@ def run(args: argparse.Namespace) -> dict:
             raise datasets.DataError(f"no checkpoint to export: {checkpoints.best_weights} does not exist")
         model.load_weights(str(checkpoints.best_weights))
     else:
+        if args.initial_weights is not None:
+            try:
+                model.load_weights(str(args.initial_weights))
+            except (ValueError, OSError) as exc:
+                raise datasets.DataError(f"cannot load --initial-weights {args.initial_weights}: {exc}") from exc
         fit(model, parts.train, parts.validation or None, settings, checkpoints)
     history = read_history(checkpoints.history)
     throughput = [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
@@ -231,7 +254,10 @@ def run(args: argparse.Namespace) -> dict:
             "epochs_requested": args.epochs, "epochs_run": len(history),
             "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "optimizer": "adam", "loss": "binary_crossentropy",
-            "augment": args.augment, "class_weight": args.class_weight,
+            "augment": args.augment, "quarter_turns": args.quarter_turns,
+            "lr_schedule": args.lr_schedule, "class_weight": args.class_weight,
+            "initial_weights": None if args.initial_weights is None else {
+                "file": str(args.initial_weights), "sha256": _sha256(args.initial_weights)},
             "early_stopping_patience": args.early_stopping_patience,
             "reduce_lr_patience": args.reduce_lr_patience, "mixed_precision": args.mixed_precision,
             "filters": list(args.filters), "parameters": int(model.count_params()),

@@ -31,6 +31,8 @@ class FitSettings:
     reduce_lr_patience: int = 4
     seed: int = 42
     resume: bool = False
+    quarter_turns: bool = False
+    lr_schedule: str = "plateau"
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,50 @@ class CheckpointPaths:
 
 
 def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Solar cells have no preferred orientation: random flips and 90-degree turns keep labels."""
-    x = tf.image.rot90(x, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
+    """Random horizontal and vertical flips: labels kept, and busbars stay horizontal.
+
+    94 % of ELPV cells show their busbars as horizontal lines, so a quarter turn makes images the
+    service never sees; the flips alone keep the orientation real.
+    """
     x = tf.image.random_flip_left_right(x)
+    x = tf.image.random_flip_up_down(x)
     return x, y
 
 
+def augment_with_quarter_turns(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Flips and 90-degree turns: for data sets without a preferred orientation."""
+    x, y = augment(x, y)
+    return tf.image.rot90(x, k=tf.random.uniform((), 0, 4, dtype=tf.int32)), y
+
+
 def make_dataset(
-    data: LabelledImages, batch_size: int, *, shuffle: bool, augmented: bool, seed: int
+    data: LabelledImages,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    augmented: bool,
+    seed: int,
+    quarter_turns: bool = False,
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((data.x, data.y.astype(np.float32)[:, None]))
     if shuffle:
         ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
     if augmented:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(augment_with_quarter_turns if quarter_turns else augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cosine_schedule(initial: float, epochs: int, floor: float = 1e-6) -> keras.callbacks.Callback:
+    """Learning rate from `initial` down to `floor` along half a cosine over `epochs`.
+
+    A function of the epoch index, so a resumed run picks the curve up where it stopped.
+    """
+
+    def rate(epoch: int, _current: float) -> float:
+        progress = min(epoch / max(epochs - 1, 1), 1.0)
+        return floor + 0.5 * (initial - floor) * (1.0 + math.cos(math.pi * progress))
+
+    return keras.callbacks.LearningRateScheduler(rate)
 
 
 def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
@@ -148,14 +179,21 @@ def fit(
             verbose=1,
         ),
         early_stopping,
-        keras.callbacks.ReduceLROnPlateau(
+        cosine_schedule(settings.learning_rate, settings.epochs)
+        if settings.lr_schedule == "cosine"
+        else keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-6, verbose=1
         ),
         keras.callbacks.CSVLogger(str(checkpoints.history), append=settings.resume),
     ]
     model.fit(
         make_dataset(
-            train, settings.batch_size, shuffle=True, augmented=settings.augment, seed=settings.seed
+            train,
+            settings.batch_size,
+            shuffle=True,
+            augmented=settings.augment,
+            seed=settings.seed,
+            quarter_turns=settings.quarter_turns,
         ),
         validation_data=(
             make_dataset(validation, settings.batch_size, shuffle=False, augmented=False, seed=0)

@@ -26,7 +26,8 @@ OPTIONS = [
     "--dataset", "--data-dir", "--validation-data", "--test-split", "--validation-split",
     "--epochs", "--batch-size", "--learning-rate", "--augment", "--no-augment", "--class-weight",
     "--no-class-weight", "--early-stopping-patience", "--reduce-lr-patience", "--mixed-precision",
-    "--seed", "--resume", "--filters", "--out", "--checkpoint-dir", "--threshold", "--export-only",
+    "--seed", "--resume", "--filters", "--quarter-turns", "--no-quarter-turns", "--lr-schedule",
+    "--initial-weights", "--out", "--checkpoint-dir", "--threshold", "--export-only",
     "--int8", "--no-int8",
 ]  # fmt: skip
 
@@ -142,6 +143,9 @@ def test_metadata_records_training_export_and_versions(trained: Run) -> None:
         32, 1e-3, "adam", "binary_crossentropy",
     )  # fmt: skip
     assert (training["augment"], training["class_weight"], training["mixed_precision"]) == (True, False, False)
+    assert (training["quarter_turns"], training["lr_schedule"], training["initial_weights"]) == (
+        False, "plateau", None,
+    )  # fmt: skip
     assert (training["early_stopping_patience"], training["reduce_lr_patience"]) == (10, 4)
     assert training["filters"] == [8, 8, 8]
     assert training["parameters"] == make_model(filters=(8, 8, 8)).count_params()
@@ -197,6 +201,33 @@ def test_int8_model_is_quantized_and_its_metadata_says_how(trained: Run) -> None
     assert probability.shape == (2, 1)
 
 
+@pytest.mark.slow
+def test_initial_weights_start_the_fit_from_an_earlier_run(trained: Run, tmp_path: Path) -> None:
+    from training.model import make_model
+
+    earlier = trained.out / "checkpoints" / "best.weights.h5"
+    out = tmp_path / "out"
+    # A learning rate too small to move anything: the fit must end where the earlier run did.
+    argv = ["--dataset", "folder", "--data-dir", str(trained.data_dir), "--filters", "8,8,8", "--epochs", "1",
+            "--learning-rate", "1e-12", "--lr-schedule", "cosine", "--initial-weights", str(earlier),
+            "--out", str(out)]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+
+    kernels = []
+    for weights in (earlier, out / "checkpoints" / "best.weights.h5"):
+        model = make_model(filters=(8, 8, 8))
+        model.load_weights(str(weights))
+        kernels.append([layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")])
+    for before, after in zip(*kernels, strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-6)
+    training = metadata(out / "model.json")["training"]
+    assert training["initial_weights"] == {
+        "file": str(earlier), "sha256": hashlib.sha256(earlier.read_bytes()).hexdigest(),
+    }  # fmt: skip
+    assert training["lr_schedule"] == "cosine"
+
+
 def make_folders(root: Path, *entries: str) -> Path:
     """Entries below root: 'x/' an empty folder, 'x/bad.png' junk bytes, any other name a small PNG."""
     for entry in entries:
@@ -214,6 +245,7 @@ def make_folders(root: Path, *entries: str) -> Path:
 def data_error_cases() -> list[pytest.param]:
     """(arguments for tmp_path, expected error line after 'train: error: ')."""
     good = [f"{label}/{i}.png" for label in ("a", "b") for i in range(4)]
+    enough = [f"{label}/{i}.png" for label in ("a", "b") for i in range(12)]  # splits into all three parts
     return [
         pytest.param(lambda t: ["--data-dir", str(t / "missing")], r"data folder .*/missing does not exist",
                      id="missing-folder"),
@@ -232,6 +264,9 @@ def data_error_cases() -> list[pytest.param]:
         pytest.param(lambda t: ["--data-dir", str(make_folders(t / "data", *good)), "--out",
                                 str(make_folders(t, "file.png") / "file.png" / "sub")],
                      r"cannot create output folder .*/file\.png/sub: Not a directory", id="out-under-a-file"),
+        pytest.param(lambda t: ["--data-dir", str(make_folders(t / "data", *enough)),
+                                "--initial-weights", str(make_folders(t, "bad.weights.h5") / "bad.weights.h5")],
+                     r"cannot load --initial-weights .*/bad\.weights\.h5: ", id="initial-weights-not-weights"),
     ]  # fmt: skip
 
 
@@ -281,6 +316,12 @@ def test_train_refuses_an_output_folder_it_cannot_write(tmp_path: Path, capsys: 
         pytest.param(["--filters", "8,x"], "argument --filters: expected 1 to 3 positive integers", id="filters-text"),
         pytest.param(["--filters", "0,8"], "argument --filters: expected 1 to 3 positive integers", id="filters-0"),
         pytest.param(["--filters", "8,8,8,8"], "argument --filters: expected 1 to 3 positive", id="filters-4-blocks"),
+        pytest.param(
+            ["--initial-weights", "/nonexistent/best.weights.h5"],
+            "--initial-weights /nonexistent/best.weights.h5 is not a file",
+            id="initial-weights-missing",
+        ),
+        pytest.param(["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'", id="lr-schedule"),
         pytest.param(["--no-such-option"], "unrecognized arguments: --no-such-option", id="unknown-option"),
     ],
 )

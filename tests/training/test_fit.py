@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,28 +94,52 @@ def dihedral(image: np.ndarray) -> list[np.ndarray]:
     return turns + [np.flip(turn, axis=1) for turn in turns]
 
 
-def test_augment_yields_only_flips_and_quarter_turns_and_keeps_the_label() -> None:
+def flips(image: np.ndarray) -> list[np.ndarray]:
+    """The 4 flips of an (H, W, C) image that keep horizontal lines horizontal."""
+    return [image, np.flip(image, axis=1), np.flip(image, axis=0), np.flip(image, axis=(0, 1))]
+
+
+@pytest.mark.parametrize(
+    ("augmenter", "allowed", "expected"),
+    [("augment", flips, 4), ("augment_with_quarter_turns", dihedral, 8)],
+)
+def test_augment_yields_every_allowed_transform_only_and_keeps_the_label(
+    augmenter: str, allowed: Callable[[np.ndarray], list[np.ndarray]], expected: int
+) -> None:
     import keras
     import tensorflow as tf
 
-    from training.fit import augment
+    from training import fit
 
     keras.utils.set_random_seed(0)
     image = np.random.default_rng(0).integers(0, 256, (100, 100, 1)).astype(np.float32)
-    transforms = dihedral(image)
-    assert len({t.tobytes() for t in transforms}) == 8  # the test image has no symmetry
+    assert len({t.tobytes() for t in dihedral(image)}) == 8  # the test image has no symmetry
+    transforms = allowed(image)
     label = tf.constant([1.0])
 
     seen = set()
     for _ in range(64):
-        x, y = augment(tf.constant(image), label)
+        x, y = getattr(fit, augmenter)(tf.constant(image), label)
         assert x.shape == image.shape
         assert x.dtype == tf.float32
         assert y.numpy().tolist() == [1.0]
         matches = [k for k, t in enumerate(transforms) if np.array_equal(x.numpy(), t)]
-        assert len(matches) == 1, "augment produced something other than a flip or rotation"
+        assert len(matches) == 1, f"{augmenter} produced a transform outside the allowed ones"
         seen.add(matches[0])
-    assert seen == set(range(8)), f"only transforms {sorted(seen)} in 64 draws"
+    assert seen == set(range(expected)), f"only transforms {sorted(seen)} in 64 draws"
+
+
+def test_cosine_schedule_falls_from_the_initial_rate_to_the_floor_and_resumes_by_epoch() -> None:
+    from training.fit import cosine_schedule
+
+    rate = cosine_schedule(4e-4, epochs=10, floor=1e-6).schedule
+    rates = [rate(epoch, 0.0) for epoch in range(12)]
+
+    assert rates[0] == pytest.approx(4e-4)
+    assert rates[9] == pytest.approx(1e-6)
+    assert rates[10] == rates[11] == pytest.approx(1e-6)  # past the end it stays at the floor
+    assert all(a > b for a, b in itertools.pairwise(rates[:10]))
+    assert rates[5] == rate(5, 123.0)  # depends on the epoch only, so --resume continues the curve
 
 
 @pytest.mark.parametrize("augmented", [False, True])
@@ -135,7 +161,7 @@ def test_make_dataset_batches_images_with_their_labels(augmented: bool) -> None:
     assert labels[:, 0].tolist() == data.y.tolist()
     for got, original in zip(images, x, strict=True):
         if augmented:
-            assert any(np.array_equal(got, t) for t in dihedral(original))
+            assert any(np.array_equal(got, t) for t in flips(original))
         else:
             np.testing.assert_array_equal(got, original)  # validation and test images are never augmented
 
