@@ -19,16 +19,6 @@ from training import data as datasets
 from training.evaluate import binary_metrics
 
 
-def held_out_test_set(metadata: dict) -> datasets.LabelledImages:
-    """Rebuilds the exact test split from the settings recorded in the metadata."""
-    dataset = metadata["dataset"]
-    if dataset["name"] != "elpv":
-        raise SystemExit("check_service: only the ELPV data set can be rebuilt from metadata")
-    split = dataset["split"]
-    loaded = datasets.load_elpv()
-    return datasets.split(loaded, split["test_fraction"], split["validation_fraction"], split["seed"]).test
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="check_service", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -37,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     metadata = json.loads(args.metadata.read_text())
-    test = held_out_test_set(metadata)
+    try:
+        test = datasets.held_out_test_set(metadata)
+    except datasets.DataError as exc:
+        print(f"check_service: {exc}", file=sys.stderr)
+        return 2
     with httpx.Client(base_url=args.url, timeout=60) as client:
         served = client.get("/model").raise_for_status().json()
         if served["id"] != metadata["sha256"]:

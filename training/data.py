@@ -84,12 +84,17 @@ def elpv_root() -> Path:
     return Path(spec.origin).parent / "data"
 
 
+def elpv_table() -> np.ndarray:
+    """ELPV's labels.csv: per cell its image path, the annotators' defect probability and cell type."""
+    return np.genfromtxt(
+        elpv_root() / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"]
+    )
+
+
 def load_elpv() -> LabelledImages:
     """The 2,624 ELPV cells, read from the package's original 300x300 PNG files."""
     root = elpv_root()
-    table = np.genfromtxt(
-        root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"]
-    )
+    table = elpv_table()
     labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int).tolist()
     return _read([root / p for p in table["path"]], labels, ELPV_CLASS_NAMES)
 
@@ -126,3 +131,12 @@ def split(
             f"validation fraction {validation_fraction}: {exc}"
         ) from exc
     return Split(data.subset(np.sort(train)), data.subset(np.sort(validation)), data.subset(np.sort(test)))
+
+
+def held_out_test_set(metadata: dict) -> LabelledImages:
+    """Rebuilds the exact ELPV test split from the settings a model's metadata recorded."""
+    dataset = metadata["dataset"]
+    if dataset["name"] != "elpv":
+        raise DataError("only the ELPV data set can be rebuilt from metadata")
+    parts = dataset["split"]
+    return split(load_elpv(), parts["test_fraction"], parts["validation_fraction"], parts["seed"]).test
