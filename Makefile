@@ -24,14 +24,8 @@ test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-# Two stages, as the shipped model was made (models/README.md): 40 epochs from random weights with
-# quarter turns, then 42 epochs of flips only on a cosine schedule from those weights. ~3 h on 2 cores.
-STAGE1 := models/checkpoints/stage1
-train: $(VENV)/.dev-installed  ## reproduce the shipped default model
-	$(PY) -m training --mixed-precision --quarter-turns --epochs 40 --checkpoint-dir $(STAGE1) --out build/stage1
-	$(PY) -m training --mixed-precision --int8 --epochs 42 --learning-rate 4e-4 --lr-schedule cosine \
-	  --early-stopping-patience 42 --initial-weights $(STAGE1)/best.weights.h5 \
-	  --checkpoint-dir models/checkpoints/stage2 --threshold auto --out models
+train: $(VENV)/.dev-installed  ## reproduce the shipped default model (~80 min on 2 cores with AMX)
+	$(PY) -m training --mixed-precision --quarter-turns --int8 --epochs 40 --threshold auto --out models
 
 bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md); BENCH_ARGS=--quick for a smoke run
 	@command -v wrk >/dev/null 2>&1 || { \
