@@ -121,13 +121,6 @@ def _check_writable(folder: Path) -> None:
         raise DataError(f"no write permission on output folder {folder}")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -147,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     from service.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
     from training import data as datasets
     from training.evaluate import best_threshold, binary_metrics, plot_confusion, plot_history, plot_roc
-    from training.export import export_onnx, onnx_predict, verify_export, write_metadata
+    from training.export import export_onnx, onnx_predict, sha256_of, verify_export, write_metadata
     from training.fit import CheckpointPaths, FitSettings, fit, read_history
     from training.model import compile_model, make_model
 
@@ -257,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
             "augment": args.augment, "quarter_turns": args.quarter_turns,
             "lr_schedule": args.lr_schedule, "class_weight": args.class_weight,
             "initial_weights": None if args.initial_weights is None else {
-                "file": str(args.initial_weights), "sha256": _sha256(args.initial_weights)},
+                "file": str(args.initial_weights), "sha256": sha256_of(args.initial_weights)},
             "early_stopping_patience": args.early_stopping_patience,
             "reduce_lr_patience": args.reduce_lr_patience, "mixed_precision": args.mixed_precision,
             "filters": list(args.filters), "parameters": int(model.count_params()),

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
@@ -32,7 +33,7 @@ class FitSettings:
     seed: int = 42
     resume: bool = False
     quarter_turns: bool = False
-    lr_schedule: str = "plateau"
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
 
 
 @dataclass(frozen=True)
