@@ -8,13 +8,11 @@ FastAPI + the Keras model, `model.predict` per request, full-size Pillow decode.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from functools import partial
 
 import keras
-from fastapi import FastAPI, Request
 
-from bench.baselines import decode_full
+from bench.baselines import Predict, baseline_app
 from training.model import make_model
 
 
@@ -27,24 +25,8 @@ def load_model(weights: str) -> keras.Model:
     return model
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.model = load_model(os.environ.get("KERAS_WEIGHTS", ""))
-    yield
+def load_predict() -> Predict:
+    return partial(load_model(os.environ.get("KERAS_WEIGHTS", "")).predict, verbose=0)
 
 
-app = FastAPI(lifespan=lifespan)
-
-
-@app.get("/readyz")
-async def readyz() -> dict[str, str]:
-    """uvicorn answers only after the lifespan has built the model."""
-    return {"status": "ready"}
-
-
-@app.post("/predict")
-async def predict(request: Request) -> dict[str, float]:
-    """A raw image body -> the positive-class probability."""
-    x = decode_full(await request.body())[None]
-    probability = request.app.state.model.predict(x, verbose=0)
-    return {"probability": float(probability[0, 0])}
+app = baseline_app(load_predict)

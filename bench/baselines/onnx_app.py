@@ -7,36 +7,23 @@ and a full-size Pillow decode. `MODEL_PATH=... uvicorn bench.baselines.onnx_app:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
+import numpy as np
 import onnxruntime as ort
-from fastapi import FastAPI, Request
 
-from bench.baselines import decode_full
+from bench.baselines import Predict, baseline_app
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.session = ort.InferenceSession(
+def load_session() -> Predict:
+    session = ort.InferenceSession(
         os.environ.get("MODEL_PATH", "models/model.onnx"), providers=["CPUExecutionProvider"]
     )
-    yield
+    name = session.get_inputs()[0].name
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return predict
 
 
-app = FastAPI(lifespan=lifespan)
-
-
-@app.get("/readyz")
-async def readyz() -> dict[str, str]:
-    """uvicorn answers only after the lifespan has loaded the model."""
-    return {"status": "ready"}
-
-
-@app.post("/predict")
-async def predict(request: Request) -> dict[str, float]:
-    """A raw image body -> the positive-class probability."""
-    x = decode_full(await request.body())[None]
-    session: ort.InferenceSession = request.app.state.session
-    probability = session.run(None, {session.get_inputs()[0].name: x})[0]
-    return {"probability": float(probability[0, 0])}
+app = baseline_app(load_session)

@@ -1,0 +1,45 @@
+"""The two baseline servers: ready after their lifespan, one probability per raw image body."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bench.baselines import decode_full
+from tests.model_factory import tiny_probability
+
+
+def test_onnx_baseline_answers_the_models_probability_of_the_full_decode(
+    tiny_model_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_path))
+    onnx_app = importlib.import_module("bench.baselines.onnx_app")
+
+    with TestClient(onnx_app.app) as client:
+        assert client.get("/readyz").json() == {"status": "ready"}
+        answer = client.post("/predict", content=png_bytes, headers={"content-type": "image/png"})
+
+    assert answer.status_code == 200
+    expected = tiny_probability(decode_full(png_bytes)[None])[0]
+    assert answer.json()["probability"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_keras_baseline_answers_with_the_seed_cnn(png_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KERAS_WEIGHTS", raising=False)
+    keras_app = importlib.import_module("bench.baselines.keras_app")
+
+    with TestClient(keras_app.app) as client:
+        assert client.get("/readyz").json() == {"status": "ready"}
+        answer = client.post("/predict", content=png_bytes, headers={"content-type": "image/png"})
+        model = client.app.state.predict.func.__self__
+
+    assert answer.status_code == 200
+    expected = model.predict(decode_full(png_bytes)[None], verbose=0)[0, 0]
+    assert answer.json()["probability"] == pytest.approx(float(expected), abs=1e-6)
+    assert 0.0 <= answer.json()["probability"] <= 1.0
+    assert np.isfinite(answer.json()["probability"])
