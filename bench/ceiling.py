@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.timing import repeat
-from service.config import Settings
-from service.model import INPUT_SHAPE, SessionSettings, session_options
+from service.config import SessionSettings, Settings
+from service.model import INPUT_SHAPE, session_options
 
 BATCH_SIZES = (1, 8, 32)
 

@@ -11,8 +11,11 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from service.app import create_app
 from service.config import Settings
-from service.model import Classifier, ModelLoadError, SessionSettings
+from service.metrics import Metrics
+from service.model import ModelLoadError
+from service.pipeline import Pipeline
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
@@ -26,22 +29,22 @@ def log_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def check_model(settings: Settings) -> None:
-    """Fails fast with one line: a lifespan error would reach the log as a traceback from uvicorn."""
+def load_pipeline(settings: Settings) -> Pipeline:
+    """Loads the model once, before uvicorn: a failure is one line and exit 1, not a lifespan traceback."""
     try:
-        Classifier.load(settings.model_path, settings.metadata_path, SessionSettings(1, 1, False))
+        return Pipeline.load(settings, Metrics())
     except ModelLoadError as exc:
         sys.exit(f"cannot start: {exc}")
 
 
 def main() -> None:
     settings = Settings()
-    check_model(settings)
+    app = create_app(settings, load_pipeline(settings))
     # uvicorn handles SIGTERM itself (graceful shutdown), then restores this handler and raises the
     # signal again: a stop after every admitted request was answered exits 0, not 143.
     signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
-        "service.app:app",
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

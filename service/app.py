@@ -1,4 +1,9 @@
-"""The FastAPI application: `uvicorn service.app:app`, or `create_app(settings)` in tests."""
+"""The FastAPI application (the HTTP edge): `create_app(settings)`, served by `python -m service`.
+
+Nothing here runs at import: the settings are read once by the caller and the model is loaded once,
+either by `python -m service` before uvicorn starts (so a bad model is one line and a non-zero exit)
+or, when no pipeline is handed in (tests), by the lifespan.
+"""
 
 from __future__ import annotations
 
@@ -13,39 +18,38 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
+from service.metrics_middleware import MetricsMiddleware
 from service.model import ModelLoadError
+from service.pipeline import Pipeline
 from service.routes import health, predict
-from service.runtime import Runtime
 
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    metrics = Metrics()
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
+    """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`."""
+    metrics = pipeline.metrics if pipeline is not None else Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Pipeline]]:
         start = time.perf_counter()
         try:
-            runtime = Runtime.load(settings, metrics)
-            warm_s = runtime.warm_up()
+            serving = pipeline if pipeline is not None else Pipeline.load(settings, metrics)
+            warm_s = serving.warm_up()
         except ModelLoadError as exc:
             log.error("cannot start: %s", exc)
             raise
-        await runtime.start()
+        await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
-        metrics.ready.set(1)
         log.info(
             "model %s (%s) ready in %.2f s (warm-up %.2f s)",
-            settings.model_path, runtime.classifier.model_id[:12], time.perf_counter() - start, warm_s,
+            settings.model_path, serving.classifier.model_id[:12], time.perf_counter() - start, warm_s,
         )
         try:
-            yield {"runtime": runtime}
+            yield {"pipeline": serving}
         finally:
-            metrics.ready.set(0)
-            await runtime.stop()
+            await serving.stop()
             log.info("stopped after answering every admitted request")
 
     app = FastAPI(
@@ -70,6 +74,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-app = create_app()

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.failures import BusyError
+
 log = logging.getLogger(__name__)
 
 
-class OverloadedError(Exception):
-    """The queue is full; the caller should answer 503 with Retry-After."""
+class OverloadedError(BusyError):
+    """The queue is full, or the batcher is stopping; the caller may retry later."""
 
 
 @dataclass
@@ -45,6 +47,11 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
         self._accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        """True between start() and stop(): the one readiness flag of the service."""
+        return self._accepting
 
     @property
     def queued(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +11,16 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The onnxruntime part of the settings: what `service.model` needs to build a session."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    cpu_mem_arena: bool = True
+    allow_spinning: bool = False
 
 
 class Settings(BaseSettings):
@@ -67,5 +78,10 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @cached_property
-    def metadata_path(self) -> Path:
-        return self.model_path.with_suffix(".json")
+    def session(self) -> SessionSettings:
+        return SessionSettings(
+            intra_op_threads=self.ort_intra_op_threads,
+            inter_op_threads=self.ort_inter_op_threads,
+            cpu_mem_arena=self.ort_cpu_mem_arena,
+            allow_spinning=self.ort_allow_spinning,
+        )

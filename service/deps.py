@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
-from service.runtime import Runtime
-
-
-def ready_runtime(request: Request) -> Runtime | None:
-    """The runtime once the model is loaded and warmed; None before that and while shutting down."""
-    runtime: Runtime | None = getattr(request.state, "runtime", None)
-    return runtime if runtime is not None and runtime.ready else None
+from service.failures import NotReadyError
+from service.pipeline import Pipeline
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime = ready_runtime(request)
-    if runtime is None:
-        raise HTTPException(503, "the model is not loaded yet", headers={"Retry-After": "1"})
-    return runtime
+def ready_pipeline(request: Request) -> Pipeline | None:
+    """The pipeline once the model is loaded and warmed; None before that and while shutting down."""
+    pipeline: Pipeline | None = getattr(request.state, "pipeline", None)
+    return pipeline if pipeline is not None and pipeline.ready else None
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+def get_pipeline(request: Request) -> Pipeline:
+    pipeline = ready_pipeline(request)
+    if pipeline is None:
+        raise NotReadyError("the model is not loaded yet")
+    return pipeline
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from service.model import Classifier
 from service.schemas import ModelRef, Prediction, PredictResponse
-from service.uploads import Upload
 
 
-def encode(classifier: Classifier, uploads: Sequence[Upload], probabilities: Sequence[float]) -> PredictResponse:
+def encode(classifier: Classifier, names: Sequence[str | None], probabilities: Sequence[float]) -> PredictResponse:
+    """One prediction per image, in order; `names` are the client's file names (None where it sent none)."""
     negative, positive = classifier.metadata.class_names
     threshold = classifier.metadata.threshold
     return PredictResponse(
@@ -17,11 +17,11 @@ def encode(classifier: Classifier, uploads: Sequence[Upload], probabilities: Seq
         threshold=threshold,
         predictions=[
             Prediction(
-                filename=upload.filename,
+                filename=name,
                 probability=p,
                 label=positive if p >= threshold else negative,
                 scores={negative: 1.0 - p, positive: p},
             )
-            for upload, p in zip(uploads, probabilities, strict=True)
+            for name, p in zip(names, probabilities, strict=True)
         ],
     )

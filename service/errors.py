@@ -1,30 +1,54 @@
-"""Expected failures become JSON a person can act on; unexpected ones a generic 500 that leaks nothing."""
+"""The HTTP edge's one table of domain errors -> status codes, and the handlers that answer them.
+
+Expected failures become JSON a person can act on; unexpected ones a generic 500 that leaks nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from service.preprocessing import (
-    ImageError,
-    ImageTooLargeError,
-    UnsupportedImageFormatError,
-)
+from service.failures import BusyError, NotReadyError, ServiceError
+from service.preprocessing import ImageError, ImageTooLargeError, UndecodableImageError, UnsupportedImageFormatError
 
 log = logging.getLogger(__name__)
 
+# Most specific first: the first class the error is an instance of decides.
+STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
+    (ImageTooLargeError, 413),
+    (UnsupportedImageFormatError, 415),
+    (UndecodableImageError, 400),
+    (ImageError, 400),
+    (BusyError, 503),
+    (NotReadyError, 503),
+)
+# Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
+RETRYABLE = frozenset({503})
 
-def http_error_for_image(exc: ImageError, where: str) -> HTTPException:
-    if isinstance(exc, ImageTooLargeError):
-        status = 413
-    elif isinstance(exc, UnsupportedImageFormatError):
-        status = 415
-    else:
-        status = 400
-    return HTTPException(status, f"{where}: {exc}")
+
+def status_for(exc: Exception) -> int:
+    for kind, status in STATUS_FOR:
+        if isinstance(exc, kind):
+            return status
+    raise LookupError(f"no HTTP status for {type(exc).__name__}")
+
+
+def retry_headers(retry_after_s: int) -> dict[str, str]:
+    return {"Retry-After": str(retry_after_s)}
+
+
+def error_response(exc: Exception, retry_after_s: int) -> JSONResponse:
+    """The JSON answer to a domain error: `{"detail": message}`, and Retry-After when it is retryable."""
+    status = status_for(exc)
+    headers = retry_headers(retry_after_s) if status in RETRYABLE else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request.app.state.settings.retry_after_s)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -40,4 +64,6 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(ImageError, _domain_error)
+    app.add_exception_handler(ServiceError, _domain_error)
     app.add_exception_handler(Exception, _unexpected)

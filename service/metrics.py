@@ -1,11 +1,10 @@
-"""Prometheus metrics, one registry per app so tests can build several apps in one process."""
+"""Prometheus metrics, one registry per app so tests can build several apps in one process.
+
+The HTTP series are recorded by `service.metrics_middleware` at the edge; the rest by the pipeline."""
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -43,36 +42,3 @@ class Metrics:
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
         self.images.inc(size)
-
-
-def _route_of(scope: Scope) -> str:
-    """The matched route's template (the router records it in the scope), so label cardinality stays
-    bounded whatever paths clients send."""
-    route = scope.get("route")
-    return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-
-
-class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = _route_of(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from service.config import SessionSettings
 from service.cpu import available_cpus
+from service.model_card import ModelCard, ModelCardError, card_path_for, read_model_card
 from service.preprocessing import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -22,27 +21,6 @@ INPUT_SHAPE = (*INPUT_SIZE, 1)
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served; the message says which file and why."""
-
-
-class ModelMetadata(BaseModel):
-    """The part of model.json the service relies on; the rest is passed through to GET /model."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = "model"
-    class_names: tuple[str, str]
-    threshold: float = 0.5
-    sha256: str | None = None
-    input: dict
-    output: dict
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1
-    cpu_mem_arena: bool = True
-    allow_spinning: bool = False
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
@@ -62,20 +40,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_metadata(path: Path) -> ModelMetadata:
-    try:
-        return ModelMetadata.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"model metadata {path} does not exist (train writes it beside the .onnx)") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"model metadata {path} is not readable JSON: {exc}") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ModelLoadError(
-            f"model metadata {path} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from exc
-
-
 def _check_signature(session: ort.InferenceSession, path: Path) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
@@ -90,19 +54,23 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> None:
 
 
 class Classifier:
-    """A loaded, checked and warmed ONNX session with its metadata."""
+    """A loaded, checked and warmed ONNX session with its model card."""
 
-    def __init__(self, session: ort.InferenceSession, metadata: ModelMetadata, model_id: str) -> None:
+    def __init__(self, session: ort.InferenceSession, metadata: ModelCard, model_id: str) -> None:
         self._session = session
         self._input_name = session.get_inputs()[0].name
         self.metadata = metadata
         self.model_id = model_id
 
     @classmethod
-    def load(cls, model_path: Path, metadata_path: Path, settings: SessionSettings) -> Classifier:
+    def load(cls, model_path: Path, settings: SessionSettings) -> Classifier:
         if not model_path.is_file():
             raise ModelLoadError(f"model file {model_path} does not exist")
-        metadata = _read_metadata(metadata_path)
+        metadata_path = card_path_for(model_path)
+        try:
+            metadata = read_model_card(metadata_path)
+        except ModelCardError as exc:
+            raise ModelLoadError(str(exc)) from exc
         try:
             data = model_path.read_bytes()
         except FileNotFoundError as exc:
@@ -121,9 +89,14 @@ class Classifier:
         except Exception as exc:
             raise ModelLoadError(f"model file {model_path} is not a loadable ONNX model") from exc
         _check_signature(session, model_path)
-        if tuple(metadata.input.get("shape", [None, *INPUT_SHAPE])[1:]) != INPUT_SHAPE:
+        declared = metadata.input.shape or [None, *INPUT_SHAPE]
+        if tuple(declared[1:]) != INPUT_SHAPE:
             raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
         return cls(session, metadata, model_id)
+
+    def describe(self) -> dict[str, object]:
+        """The card as written (unset defaults left out) and the file's sha256: GET /model's body."""
+        return {**self.metadata.model_dump(mode="json", exclude_unset=True), "id": self.model_id}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 100, 100, 1) float32 raw pixels -> (N,) positive-class probabilities."""

@@ -1,26 +1,16 @@
-"""Getting image bytes out of a request: multipart fields `file`/`files`, or a raw image body."""
+"""The HTTP edge's reading of image files: multipart fields `file`/`files`, or a raw image body."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.pipeline import EncodedImage
+
 FILE_FIELDS = ("file", "files")
 RAW_MEDIA_TYPES = ("application/octet-stream",)
 MAX_FILENAME_CHARS = 255
-
-
-@dataclass(frozen=True)
-class Upload:
-    filename: str | None
-    data: bytes
-
-    @property
-    def name_for_errors(self) -> str:
-        return f"file '{self.filename}'" if self.filename else "the request body"
 
 
 def media_type_of(request: Request) -> str:
@@ -31,7 +21,7 @@ def _too_large(what: str, limit: int) -> HTTPException:
     return HTTPException(413, f"{what} is larger than the {limit}-byte limit per file")
 
 
-async def read_uploads(request: Request, max_files: int, max_file_bytes: int) -> list[Upload]:
+async def read_uploads(request: Request, max_files: int, max_file_bytes: int) -> list[EncodedImage]:
     media_type = media_type_of(request)
     if media_type == "multipart/form-data":
         return await _read_multipart(request, max_files, max_file_bytes)
@@ -39,7 +29,7 @@ async def read_uploads(request: Request, max_files: int, max_file_bytes: int) ->
         data = await request.body()
         if len(data) > max_file_bytes:
             raise _too_large("the request body", max_file_bytes)
-        return [Upload(None, data)]
+        return [EncodedImage(None, data)]
     shown = media_type or "no Content-Type"
     raise HTTPException(
         415,
@@ -48,7 +38,7 @@ async def read_uploads(request: Request, max_files: int, max_file_bytes: int) ->
     )
 
 
-async def _read_multipart(request: Request, max_files: int, max_file_bytes: int) -> list[Upload]:
+async def _read_multipart(request: Request, max_files: int, max_file_bytes: int) -> list[EncodedImage]:
     # Our own parser call rather than request.form(): its errors come back as 400 only.
     parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=100)
     try:
@@ -65,7 +55,7 @@ async def _read_multipart(request: Request, max_files: int, max_file_bytes: int)
             raise HTTPException(
                 422, f"unexpected file field(s) {unexpected}: use 'file' for one image or 'files' for several"
             )
-        uploads: list[Upload] = []
+        uploads: list[EncodedImage] = []
         # In the order they were sent: predictions are documented to follow upload order.
         for field, value in form.multi_items():
             if field not in FILE_FIELDS:
@@ -75,7 +65,7 @@ async def _read_multipart(request: Request, max_files: int, max_file_bytes: int)
             name = (value.filename or "")[:MAX_FILENAME_CHARS] or None
             if value.size is not None and value.size > max_file_bytes:
                 raise _too_large(f"file '{name}'", max_file_bytes)
-            uploads.append(Upload(name, await value.read()))
+            uploads.append(EncodedImage(name, await value.read()))
         if not uploads:
             raise HTTPException(
                 422, "no image: send it in a multipart field named 'file' (or several 'files' fields)"

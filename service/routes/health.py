@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import RuntimeDep, ready_runtime
+from service.deps import PipelineDep, ready_pipeline
+from service.errors import retry_headers
 from service.schemas import ErrorResponse, Health
 
 router = APIRouter()
@@ -23,15 +24,16 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Response:
     """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
-    if ready_runtime(request) is None:
-        return JSONResponse({"detail": "the model is not ready"}, status_code=503, headers={"Retry-After": "1"})
+    if ready_pipeline(request) is None:
+        headers = retry_headers(request.app.state.settings.retry_after_s)
+        return JSONResponse({"detail": "the model is not ready"}, status_code=503, headers=headers)
     return JSONResponse({"status": "ready"})
 
 
 @router.get("/model", responses={503: {"model": ErrorResponse}})
-async def model(runtime: RuntimeDep) -> dict[str, Any]:
+async def model(pipeline: PipelineDep) -> dict[str, Any]:
     """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256."""
-    return {**runtime.classifier.metadata.model_dump(), "id": runtime.classifier.model_id}
+    return pipeline.classifier.describe()
 
 
 @router.get("/metrics", response_class=Response)

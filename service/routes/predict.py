@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+import asyncio
 
-from service.deps import RuntimeDep
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from service.deps import PipelineDep
 from service.encoding import encode
 from service.schemas import ErrorResponse, PredictResponse
 from service.security import require_api_key
+from service.uploads import read_uploads
 
 router = APIRouter()
 
@@ -49,10 +52,14 @@ _request_body = {
     openapi_extra={"requestBody": _request_body},
     dependencies=[Depends(require_api_key)],
 )
-async def predict(request: Request, runtime: RuntimeDep) -> PredictResponse:
+async def predict(request: Request, pipeline: PipelineDep) -> PredictResponse:
     """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
-    deadline = runtime.deadline()
-    uploads = await runtime.receive(request, deadline)
-    images = await runtime.decode(uploads, deadline)
-    probabilities = await runtime.predict(images, deadline)
-    return encode(runtime.classifier, uploads, probabilities)
+    deadline = pipeline.deadline()
+    settings = pipeline.settings
+    try:
+        async with asyncio.timeout_at(deadline):
+            images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
+    except TimeoutError as exc:
+        raise HTTPException(408, f"the upload did not arrive within {settings.request_timeout_s:g} s") from exc
+    probabilities = await pipeline.classify(images, deadline)
+    return encode(pipeline.classifier, [image.name for image in images], probabilities)

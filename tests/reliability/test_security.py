@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import runtime as runtime_module
+from service import pipeline as pipeline_module
 from service.app import create_app
 from service.config import Settings
-from service.deps import get_runtime
+from service.deps import get_pipeline
 from tests.reliability.samples import valid_images
 
 PNG = valid_images()["png-gray"]
@@ -126,7 +126,7 @@ def test_an_unexpected_error_in_a_dependency_is_a_generic_500(
     def broken() -> None:
         raise RuntimeError("cannot open /srv/secret/weights.bin")
 
-    app.dependency_overrides[get_runtime] = broken
+    app.dependency_overrides[get_pipeline] = broken
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/srv/secret", "RuntimeError")
     # The details go to the log for the operator instead.
@@ -141,7 +141,7 @@ def test_an_unexpected_error_while_decoding_is_a_generic_500(
     def broken(data: bytes, max_pixels: int) -> None:
         raise KeyError("/home/deploy/.cache/pillow-plugin")
 
-    monkeypatch.setattr(runtime_module, "preprocess_bytes", broken)
+    monkeypatch.setattr(pipeline_module, "preprocess_bytes", broken)
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/home/deploy", "KeyError")
 
@@ -155,8 +155,8 @@ def test_an_unexpected_error_during_inference_is_a_generic_500(
         raise MemoryError("onnxruntime arena at /opt/ort exhausted")
 
     # The batcher holds the classifier's predict from start-up; replace it there.
-    runtime = client.app_state["runtime"]
-    monkeypatch.setattr(runtime.batcher, "_predict", broken)
+    pipeline = client.app_state["pipeline"]
+    monkeypatch.setattr(pipeline.batcher, "_predict", broken)
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/opt/ort", "MemoryError")
     # One failed batch does not break the service.

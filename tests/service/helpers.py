@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.pipeline import Pipeline
 from service.preprocessing import preprocess_bytes
-from service.runtime import Runtime
 from tests.conftest import image_bytes
 from tests.model_factory import tiny_probability
 
@@ -75,11 +75,11 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return 0.0
 
 
-def runtime_of(client: TestClient) -> Runtime:
-    """The Runtime that a started client's lifespan handed to its requests."""
-    runtime = client.app_state["runtime"]
-    assert isinstance(runtime, Runtime)
-    return runtime
+def pipeline_of(client: TestClient) -> Pipeline:
+    """The Pipeline that a started client's lifespan handed to its requests."""
+    pipeline = client.app_state["pipeline"]
+    assert isinstance(pipeline, Pipeline)
+    return pipeline
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:

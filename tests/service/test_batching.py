@@ -19,7 +19,7 @@ from tests.service.helpers import (
     expected_probability,
     gray_png,
     metric,
-    runtime_of,
+    pipeline_of,
     wait_until,
 )
 
@@ -264,7 +264,7 @@ def test_requests_queued_behind_a_running_batch_are_batched_together(
         first = pool.submit(post_png, client, images[0])
         gate.wait_entered()
         rest = [pool.submit(post_png, client, data) for data in images[1:]]
-        wait_until(lambda: runtime_of(client).batcher.queued == len(rest))
+        wait_until(lambda: pipeline_of(client).batcher.queued == len(rest))
         gate.open()
         responses = [first.result(TIMEOUT_S)] + [future.result(TIMEOUT_S) for future in rest]
     got = [response.json()["predictions"][0]["probability"] for response in responses]
@@ -282,7 +282,7 @@ def test_predict_answers_503_with_retry_after_when_the_queue_is_full(
         running = pool.submit(post_png, client, gray_png(10))
         gate.wait_entered()
         queued = pool.submit(client.post, "/predict", files=[("files", ("a.png", gray_png(20), "image/png"))] * 2)
-        wait_until(lambda: runtime_of(client).batcher.queued == 2)
+        wait_until(lambda: pipeline_of(client).batcher.queued == 2)
         refused = post_png(client, gray_png(30))
         gate.open()
         assert running.result(TIMEOUT_S).status_code == 200
@@ -312,9 +312,9 @@ def test_predict_answers_503_when_inference_outlasts_the_request_timeout(
     gate.open()
     # A call straight to the batcher queues behind both: once it is answered, the queue is drained.
     # (Not over HTTP: on a busy machine a fresh request could miss the 0.5 s deadline too.)
-    runtime = runtime_of(client)
+    pipeline = pipeline_of(client)
     assert client.portal is not None
-    assert client.portal.call(runtime.batcher.predict_many, [np.zeros((100, 100, 1), np.float32)]) == [
+    assert client.portal.call(pipeline.batcher.predict_many, [np.zeros((100, 100, 1), np.float32)]) == [
         pytest.approx(expected_probability(gray_png(0)), abs=1e-6)
     ]
     # The held batch finished for nobody; the image that timed out in the queue was skipped, not run.

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.model_card import card_path_for
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_settings_read_typed_values_from_the_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("ORT_CPU_MEM_ARENA", "false")
     settings = Settings()
     assert settings.model_path == Path("/srv/models/cells.onnx")
-    assert settings.metadata_path == Path("/srv/models/cells.json")
+    assert card_path_for(settings.model_path) == Path("/srv/models/cells.json")
     assert settings.max_batch_wait_ms == 2.5
     assert settings.ort_cpu_mem_arena is False
 

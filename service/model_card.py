@@ -1,0 +1,92 @@
+"""The model card: the one schema of the metadata file that training writes beside every .onnx file.
+
+Training writes it (`training.export.write_metadata`), the service validates it at start-up and the tools
+(`training.check_service`, `training.breakdown`, `bench`) read it through `read_model_card`, so a field is
+named and typed in one place. Sections the service does not rely on are optional, and unknown fields are
+kept, so cards written by older or newer training code still load and are passed through to GET /model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CARD_SUFFIX = ".json"
+
+
+class ModelCardError(ValueError):
+    """The card is missing, unreadable or invalid; the message names the file and the fix."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TensorSpec(_Open):
+    shape: list[int | None] | None = None
+    dtype: str = "float32"
+
+
+class DataSplit(_Open):
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+    test_fraction: float | None = None
+    validation_fraction: float | None = None
+    seed: int | None = None
+    stratified: bool | None = None
+
+
+class DatasetCard(_Open):
+    name: str
+    images: int | None = None
+    split: DataSplit | None = None
+
+
+class HeldOutMetrics(_Open):
+    accuracy: float
+    images: int | None = None
+    threshold: float | None = None
+    roc_auc: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    confusion_matrix: dict[str, int] | None = None
+
+
+class ModelCard(_Open):
+    name: str = "model"
+    class_names: tuple[str, str] = Field(description="negative class first, then the positive one")
+    threshold: float = Field(0.5, ge=0, le=1, description="probability at or above which the label is positive")
+    sha256: str | None = Field(None, description="of the .onnx file; the service refuses a file that differs")
+    input: TensorSpec
+    output: TensorSpec
+    dataset: DatasetCard | None = None
+    test_metrics: HeldOutMetrics | None = None
+
+
+def card_path_for(model_path: Path) -> Path:
+    """`models/model.onnx` -> `models/model.json`: the one rule for where a model's card lives."""
+    return model_path.with_suffix(CARD_SUFFIX)
+
+
+def read_model_card(path: Path) -> ModelCard:
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ModelCardError(f"model metadata {path} does not exist (train writes it beside the .onnx)") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelCardError(f"model metadata {path} is not readable JSON: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ModelCardError(
+            f"model metadata {path} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from exc
+
+
+def write_model_card(path: Path, card: ModelCard) -> Path:
+    """Validated before it is written, so a card the service would refuse is never produced."""
+    path.write_text(json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
+    return path
