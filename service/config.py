@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key: SecretStr | None = None
 
+    # Explanations (POST /explain): measured (BENCHMARKS.md) one copy costs about one /predict image, so
+    # 100 copies (patch 20/stride 10 makes 81) stay far inside REQUEST_TIMEOUT_S on a 2-core box.
+    explain_max_occlusions: int = Field(100, ge=1, le=10_000, description="occluded copies per explanation")
+    # The try-it page at GET / (same origin, so CORS stays closed); false answers 404 there.
+    ui_enabled: bool = True
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -38,7 +38,24 @@ class Metrics:
             "inference_queue_images", "Images waiting for inference", registry=self.registry
         )
         self.ready = Gauge("model_ready", "1 once the model is loaded and warmed", registry=self.registry)
+        # Explanations (POST /explain): their occluded copies also pass through the batcher, so they are in
+        # images_predicted_total and inference_batch_size too; these series tell them apart.
+        self.explanations = Counter(
+            "explanations_total", "Occlusion maps computed", registry=self.registry
+        )
+        self.explanation_images = Counter(
+            "explanation_images_total", "Occluded copies classified for explanations", registry=self.registry
+        )
+        self.explanation_seconds = Histogram(
+            "explanation_duration_seconds", "Time to classify all occluded copies of one explanation",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
         self.images.inc(size)
+
+    def observe_explanation(self, occluded: int, seconds: float) -> None:
+        self.explanations.inc()
+        self.explanation_images.inc(occluded)
+        self.explanation_seconds.observe(seconds)
