@@ -21,6 +21,10 @@ serve: $(VENV)/.serve-installed  ## set up and serve the default model on :8000
 	$(PY) -m service
 
 test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
+	@# tests/browser need Debian's chromium; without root or apt they skip and say why.
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "could not install chromium: the browser tests will be skipped" >&2; fi
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

@@ -1,0 +1,49 @@
+"""`explain IMAGE... --out DIR`: the PNGs offline, without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.explain_cli import main
+from service.explain_render import figure_size
+from tests.service.helpers import gray_png
+
+
+def test_explain_writes_one_png_per_image(tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = []
+    for level in (40, 200):
+        path = tmp_path / f"cell{level}.png"
+        path.write_bytes(gray_png(level, (120, 80)))
+        images.append(path)
+    out = tmp_path / "out"
+    code = main([*map(str, images), "--out", str(out), "--model", str(tiny_model_path), "--scale", "2"])
+    assert code == 0
+    for path in images:
+        with Image.open(out / f"{path.stem}.explain.png") as png:
+            assert png.size == figure_size(2)
+    printed = capsys.readouterr().out
+    assert "cell40.png: functional" in printed
+    assert "cell200.png: defective" in printed
+
+
+def test_explain_reports_a_bad_image_and_goes_on(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    good = tmp_path / "good.png"
+    good.write_bytes(gray_png(100))
+    code = main([str(bad), str(good), "--out", str(tmp_path), "--model", str(tiny_model_path)])
+    assert code == 1
+    assert "bad.png: the bytes are not a decodable image" in capsys.readouterr().err
+    assert (tmp_path / "good.explain.png").is_file()
+
+
+def test_explain_refuses_a_missing_model_and_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["x.png", "--out", str(tmp_path), "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["x.png", "--out", str(tmp_path), "--patch", "0"]) == 2
+    assert "patch is 0 px" in capsys.readouterr().err
