@@ -110,7 +110,7 @@ async def explain_image(
     pipeline: PipelineDep,
     patch: Annotated[int, Query(description="side of the gray patch in input pixels (1-100)")] = DEFAULT_PATCH,
     stride: Annotated[int, Query(description="step between patch positions in input pixels (1-100)")] = DEFAULT_STRIDE,
-    format: Annotated[Literal["json", "png"] | None, Query(description="overrides the Accept header")] = None,  # noqa: A002
+    format: Annotated[Literal["json", "png"] | None, Query(description="overrides the Accept header")] = None,
 ) -> Response | ExplainResponse:
     """Occlusion map for one image: how much the predicted class's probability drops where a gray patch hides it."""
     try:

@@ -12,7 +12,9 @@ from service.explain_render import figure_size
 from tests.service.helpers import gray_png
 
 
-def test_explain_writes_one_png_per_image(tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_writes_one_png_per_image(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images = []
     for level in (40, 200):
         path = tmp_path / f"cell{level}.png"
