@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Explanations (POST /explain): measured (BENCHMARKS.md) one copy costs about one /predict image, so
     # 100 copies (patch 20/stride 10 makes 81) stay far inside REQUEST_TIMEOUT_S on a 2-core box.
     explain_max_occlusions: int = Field(100, ge=1, le=10_000, description="occluded copies per explanation")
+    # An explanation queues this many copies at a time (at most MAX_BATCH_SIZE), each chunk behind the
+    # /predict images already waiting. Measured (BENCHMARKS.md): smaller chunks leave /predict more of the model.
+    explain_chunk_images: int = Field(2, ge=1, le=256, description="occluded copies queued at a time")
     # The try-it page at GET / (same origin, so CORS stays closed); false answers 404 there.
     ui_enabled: bool = True
 

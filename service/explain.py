@@ -165,16 +165,16 @@ def explain_with(
 
 
 async def explain(pipeline: Pipeline, image: np.ndarray, grid: OcclusionGrid, deadline: float) -> Explanation:
-    """In the service: every copy goes through the pipeline's micro-batcher, one batch-sized chunk at a time.
+    """In the service: every copy goes through the pipeline's micro-batcher, a small chunk at a time.
 
-    The batcher is first-come first-served, so a chunk no larger than MAX_BATCH_SIZE, submitted only
-    after the previous one is answered, means a /predict request arriving meanwhile waits behind at most
-    one explanation batch per explanation in flight, and an explanation can never hold more than one
-    batch of queue slots (so it cannot fill the queue and make /predict answer 503 by itself).
+    The batcher is first-come first-served, so chunks of EXPLAIN_CHUNK_IMAGES (at most MAX_BATCH_SIZE),
+    each submitted only after the previous one is answered, mean a /predict request arriving meanwhile
+    waits behind at most one chunk per explanation in flight, and an explanation never holds more than
+    one chunk of queue slots (it cannot fill the queue and make /predict answer 503 by itself).
     A full queue or a passed deadline raises the pipeline's BusyError, like /predict.
     """
     settings = pipeline.settings
-    chunk = max(1, min(settings.max_batch_size, settings.max_queue_images))
+    chunk = max(1, min(settings.explain_chunk_images, settings.max_batch_size, settings.max_queue_images))
     start = time.perf_counter()
     copies = grid.occluded(image)
     batch = [image, *copies]

@@ -281,7 +281,7 @@ def test_explanation_chunks_never_exceed_the_batch_size_and_predictions_go_betwe
         return predict(self, batch)
 
     monkeypatch.setattr(Classifier, "predict", recording_predict)
-    client = make_client(MAX_BATCH_SIZE=4)
+    client = make_client(MAX_BATCH_SIZE=4, EXPLAIN_CHUNK_IMAGES=8)
     batches.clear()  # warm-up
     gate.close()
     try:
