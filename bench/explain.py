@@ -49,7 +49,8 @@ class Load:
         p95 = ms[int(0.95 * (len(ms) - 1))] if ms else float("nan")
         text = f"{name}: /predict {rate:.1f} images/s, p50 {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms"
         if self.explanations:
-            text += f"; {len(self.explanations)} explanations, median {1000 * statistics.median(self.explanations):.0f} ms"
+            median_ms = 1000 * statistics.median(self.explanations)
+            text += f"; {len(self.explanations)} explanations, median {median_ms:.0f} ms"
         return text
 
 

@@ -23,7 +23,7 @@ def explanation_with_one_hot_cell(row: int, column: int, label: str = "defective
 
 def test_the_colormap_is_matplotlibs() -> None:
     pytest.importorskip("matplotlib", reason="matplotlib is in the dev extra")
-    assert colormap.COLORS == colormap.from_matplotlib()
+    assert colormap.from_matplotlib() == colormap.COLORS
     assert len(colormap.COLORS) == 256
 
 
