@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key: SecretStr | None = None
 
-    # Explanations (POST /explain): measured (BENCHMARKS.md) one copy costs about one /predict image, so
-    # 100 copies (patch 20/stride 10 makes 81) stay far inside REQUEST_TIMEOUT_S on a 2-core box.
+    # Explanations (POST /explain): measured (BENCHMARKS.md) 82 copies cost 3-5 s on 2 shared cores, so
+    # 100 copies (patch 20/stride 10 makes 81) stay well inside REQUEST_TIMEOUT_S even beside /predict load.
     explain_max_occlusions: int = Field(100, ge=1, le=10_000, description="occluded copies per explanation")
     # An explanation queues this many copies at a time (at most MAX_BATCH_SIZE), each chunk behind the
     # /predict images already waiting. Measured (BENCHMARKS.md): smaller chunks leave /predict more of the model.
