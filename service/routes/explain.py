@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from service.deps import PipelineDep
-from service.explain import DEFAULT_PATCH, DEFAULT_STRIDE, OcclusionGrid, OcclusionParameterError, explain
+from service.explain import (
+    DEFAULT_PATCH,
+    DEFAULT_STRIDE,
+    SIDE,
+    OcclusionGrid,
+    OcclusionParameterError,
+    explain,
+)
 from service.explain_render import SCALE, input_png, render_png
 from service.pipeline import Pipeline
 from service.routes.predict import _errors as predict_errors
@@ -39,6 +46,12 @@ _errors = {
     422: "patch/stride out of range or over EXPLAIN_MAX_OCCLUSIONS copies, no 'file' field, or more than one file",
 }
 _png = {"content": {"image/png": {}}}
+
+
+class ParameterError(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="a message, or FastAPI's list of query-parameter errors (patch/stride not an integer in range)"
+    )
 
 
 class GridInfo(BaseModel):
@@ -101,6 +114,7 @@ def _wants_png(request: Request, format: str | None) -> bool:
     responses={
         200: {**_png, "description": f"JSON, or with Accept: image/png or ?format=png a PNG ({SCALE}x upscaled)"},
         **{code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
+        422: {"model": ParameterError, "description": _errors[422]},
     },
     openapi_extra={"requestBody": _one_image_body},
     dependencies=[Depends(require_api_key)],
@@ -108,8 +122,10 @@ def _wants_png(request: Request, format: str | None) -> bool:
 async def explain_image(
     request: Request,
     pipeline: PipelineDep,
-    patch: Annotated[int, Query(description="side of the gray patch in input pixels (1-100)")] = DEFAULT_PATCH,
-    stride: Annotated[int, Query(description="step between patch positions in input pixels (1-100)")] = DEFAULT_STRIDE,
+    patch: Annotated[int, Query(ge=1, le=SIDE, description="side of the gray patch in input pixels")] = DEFAULT_PATCH,
+    stride: Annotated[int, Query(ge=1, le=SIDE, description="step between patch positions in input pixels")] = (
+        DEFAULT_STRIDE
+    ),
     format: Annotated[Literal["json", "png"] | None, Query(description="overrides the Accept header")] = None,
 ) -> Response | ExplainResponse:
     """Occlusion map for one image: how much the predicted class's probability drops where a gray patch hides it."""

@@ -149,23 +149,39 @@ def test_grid_refuses_more_copies_than_the_cap() -> None:
         OcclusionGrid.checked(20, 20, 24)
 
 
+@pytest.mark.parametrize(("patch", "stride", "message"), [(0, 10, "patch is 0 px"), (20, 101, "stride is 101 px")])
+def test_grid_refuses_out_of_range_sizes(patch: int, stride: int, message: str) -> None:
+    with pytest.raises(OcclusionParameterError, match=message):
+        OcclusionGrid.checked(patch, stride, 100)
+
+
 @pytest.mark.parametrize(
-    ("query", "message"),
+    ("query", "field", "message"),
     [
-        ("?patch=0", "patch is 0 px; it must be between 1 and 100"),
-        ("?patch=101", "patch is 101 px; it must be between 1 and 100"),
-        ("?stride=0", "stride is 0 px; it must be between 1 and 100"),
-        ("?patch=5&stride=5", "20x20 = 400 occluded copies; the limit is 100 (EXPLAIN_MAX_OCCLUSIONS)"),
+        ("?patch=0", "patch", "Input should be greater than or equal to 1"),
+        ("?patch=101", "patch", "Input should be less than or equal to 100"),
+        ("?stride=0", "stride", "Input should be greater than or equal to 1"),
+        ("?patch=big", "patch", "Input should be a valid integer"),
+        ("?format=jpeg", "format", "Input should be 'json' or 'png'"),
     ],
 )
-def test_explain_refuses_bad_grid_parameters_with_422(client: TestClient, query: str, message: str) -> None:
+def test_explain_refuses_out_of_range_parameters_with_422(
+    client: TestClient, query: str, field: str, message: str
+) -> None:
     response = post_explain(client, gray_png(100), query)
     assert response.status_code == 422
-    assert message in response.json()["detail"]
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", field]
+    assert error["msg"].startswith(message)
 
 
-def test_explain_refuses_a_non_numeric_patch(client: TestClient) -> None:
-    assert post_explain(client, gray_png(100), "?patch=big").status_code == 422
+def test_explain_refuses_a_grid_over_the_cap_with_422_naming_it(client: TestClient) -> None:
+    response = post_explain(client, gray_png(100), "?patch=5&stride=5")
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "patch 5 px with stride 5 px makes 20x20 = 400 occluded copies; the limit is 100 "
+        "(EXPLAIN_MAX_OCCLUSIONS): use a larger stride or patch"
+    )
 
 
 def test_the_cap_is_a_setting(make_client: Callable[..., TestClient]) -> None:
