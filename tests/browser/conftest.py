@@ -20,7 +20,9 @@ def _chromium_or_skip() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this thread while it is
+# started, and later tests that call asyncio.run() fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium_or_skip()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
