@@ -28,6 +28,14 @@ class Settings(BaseSettings):
 
     # Model: metadata is read from the .json file beside the .onnx file.
     model_path: Path = Path("models/model.onnx")
+    # Versions: when set, MODEL_DIR/<n>/model.onnx with the highest n is served and MODEL_PATH is ignored.
+    model_dir: Path | None = None
+    model_poll_interval_s: float = Field(
+        0.0, ge=0, description="how often MODEL_DIR is checked for a newer version; 0 = only on POST /admin/reload"
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="overrides the model card's decision threshold for every request"
+    )
 
     # Server
     host: str = "0.0.0.0"
@@ -72,7 +80,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "model_dir", "threshold", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value

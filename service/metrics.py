@@ -38,6 +38,13 @@ class Metrics:
             "inference_queue_images", "Images waiting for inference", registry=self.registry
         )
         self.ready = Gauge("model_ready", "1 once the model is loaded and warmed", registry=self.registry)
+        self.served_version = Gauge(
+            "model_version_served", "1 for the model version that answers new requests", ["version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "model_reloads_total", "Newer versions swapped in or refused", ["outcome"], registry=self.registry
+        )
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

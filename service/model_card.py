@@ -58,6 +58,7 @@ class HeldOutMetrics(_Open):
 
 class ModelCard(_Open):
     name: str = "model"
+    version: str | None = Field(None, description="the model's own version; MODEL_DIR's folder name wins")
     class_names: tuple[str, str] = Field(description="negative class first, then the positive one")
     threshold: float = Field(0.5, ge=0, le=1, description="probability at or above which the label is positive")
     sha256: str | None = Field(None, description="of the .onnx file; the service refuses a file that differs")

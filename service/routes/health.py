@@ -32,8 +32,13 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/model", responses={503: {"model": ErrorResponse}})
 async def model(pipeline: PipelineDep) -> dict[str, Any]:
-    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256."""
-    return pipeline.classifier.describe()
+    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256; the version
+    that answers and the threshold in effect (THRESHOLD's, else the model's)."""
+    return {
+        **pipeline.classifier.describe(),
+        "version": pipeline.model.version,
+        "effective_threshold": pipeline.threshold(),
+    }
 
 
 @router.get("/metrics", response_class=Response)
