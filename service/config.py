@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(64, ge=1, description="beyond this, 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
 
+    # Drift: served inputs against the training profile in the model card (GET /metrics).
+    drift_window_images: int = Field(1000, ge=10, description="served images the drift metrics look back over")
+    near_threshold_margin: float = Field(0.1, gt=0, lt=1, description="|p - threshold| counted as 'near'")
+
     # onnxruntime: 0 threads means the CPUs this container may use (cgroup quota and affinity).
     ort_intra_op_threads: int = Field(0, ge=0)
     ort_inter_op_threads: int = Field(1, ge=1)

@@ -21,6 +21,7 @@ from service.batching import MicroBatcher, OverloadedError
 from service.config import Settings
 from service.cpu import available_cpus
 from service.failures import BusyError, NotReadyError, ReloadRefusedError
+from service.input_stats import DriftMonitor
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError
 from service.preprocessing import ImageError, preprocess_bytes
@@ -97,6 +98,7 @@ class Pipeline:
         self._reload_lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self.drift = self._drift_monitor(model)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
@@ -107,6 +109,14 @@ class Pipeline:
             max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
         )
         return cls(settings, metrics, model, decoder)
+
+    def _drift_monitor(self, model: ServedModel) -> DriftMonitor:
+        monitor = DriftMonitor(
+            model.classifier.metadata.input_statistics, self.settings.drift_window_images,
+            self.settings.near_threshold_margin,
+        )
+        self.metrics.watch_drift(monitor)
+        return monitor
 
     @property
     def classifier(self) -> Classifier:
@@ -174,6 +184,7 @@ class Pipeline:
                 ) from exc
             candidate.batcher.start()
             self.model = candidate
+            self.drift = self._drift_monitor(candidate)
             self.metrics.served_version.clear()
             self.metrics.served_version.labels(candidate.version).set(1)
             self.metrics.reloads.labels("swapped").inc()
@@ -233,15 +244,20 @@ class Pipeline:
                 raise result
         return list(results)  # type: ignore[arg-type]
 
-    async def predict(self, arrays: Sequence[np.ndarray], deadline: float) -> list[float]:
-        """Preprocessed (100, 100, 1) arrays -> probabilities, through the micro-batcher."""
-        return (await self.predict_with_model(arrays, deadline)).probabilities
+    async def predict(
+        self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
+    ) -> list[float]:
+        """Preprocessed (100, 100, 1) arrays -> probabilities, through the micro-batcher. `served_inputs=False`
+        for arrays the service made itself (occluded copies), which must not count in the drift metrics."""
+        return (await self.predict_with_model(arrays, deadline, served_inputs=served_inputs)).probabilities
 
-    async def predict_with_model(self, arrays: Sequence[np.ndarray], deadline: float) -> Answer:
+    async def predict_with_model(
+        self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
+    ) -> Answer:
         model = self.model
         try:
             async with asyncio.timeout_at(deadline):
-                return Answer(await model.batcher.predict_many(arrays), model)
+                probabilities = await model.batcher.predict_many(arrays)
         except OverloadedError as exc:
             self.metrics.rejected.labels("overloaded").inc()
             raise self._busy(f"overloaded ({exc})") from exc
@@ -249,6 +265,10 @@ class Pipeline:
             raise self._busy("inference did not finish in time") from exc
         finally:
             self.metrics.queue_depth.set(model.batcher.queued)
+        if arrays and served_inputs:
+            statistics = self.drift.observe(np.stack(arrays), probabilities, self.threshold())
+            self.metrics.observe_inputs(statistics)
+        return Answer(probabilities, model)
 
     def _busy(self, why: str) -> BusyError:
         return BusyError(f"the service is busy: {why}; retry after {self.settings.retry_after_s} s")
