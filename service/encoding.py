@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from service.pipeline import ServedModel
 from service.schemas import ModelRef, Prediction, PredictResponse
 
+# On every answer that comes from (or vouches for) a model: which version it was, without parsing the body.
+VERSION_HEADER = "X-Model-Version"
+
 
 def encode(
     model: ServedModel, names: Sequence[str | None], probabilities: Sequence[float], threshold: float

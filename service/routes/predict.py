@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from service.deps import PipelineDep
-from service.encoding import encode
+from service.encoding import VERSION_HEADER, encode
 from service.schemas import ErrorResponse, PredictResponse
 from service.security import require_api_key
 from service.uploads import read_uploads
@@ -55,6 +55,7 @@ _request_body = {
 )
 async def predict(
     request: Request,
+    response: Response,
     pipeline: PipelineDep,
     threshold: Annotated[
         float | None, Query(ge=0, le=1, description="this request's decision threshold (default: the service's)")
@@ -70,4 +71,5 @@ async def predict(
         raise HTTPException(408, f"the upload did not arrive within {settings.request_timeout_s:g} s") from exc
     answer = await pipeline.answer(images, deadline)
     names = [image.name for image in images]
+    response.headers[VERSION_HEADER] = answer.model.version
     return encode(answer.model, names, answer.probabilities, pipeline.threshold(threshold))

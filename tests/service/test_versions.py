@@ -48,6 +48,7 @@ def _start(**settings: object) -> TestClient:
 def _version(client: TestClient) -> str:
     response = client.post("/predict", files={"file": ("a.png", gray_png(100), "image/png")}, headers=HEADERS)
     assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Version"] == response.json()["model"]["version"]
     return response.json()["model"]["version"]
 
 
@@ -58,6 +59,7 @@ def test_the_highest_version_in_model_dir_is_served(add_version: Callable[..., P
     try:
         assert _version(client) == "10"
         assert client.get("/model", headers=HEADERS).json()["version"] == "10"
+        assert client.get("/readyz").headers["X-Model-Version"] == "10"
     finally:
         client.__exit__(None, None, None)
 
