@@ -182,6 +182,68 @@ def preprocess_image(image: Image.Image) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)[:, :, np.newaxis]
 
 
+# Bytes per pixel of Pillow's storage: 1 for "1", "L", "P", 2 for 16-bit, 4 for every other mode
+# (RGB and LA included: Pillow pads them to 32 bits).
+_STORAGE_BYTES: Final = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# What one strip costs at most: its crop (4), RGBA copy (4), black ground (4), composite (4), RGB (4) and
+# gray (1); the 16-bit path needs less (crop, tobytes, float32, uint8).
+STRIP_BYTES_PER_PIXEL: Final = 24
+# Decoder state, allocator rounding, thread stack: the formula alone came within 2 % of the measured peak
+# (EXIF-rotated 64 MP RGBA PNG: 386 MB of 394 MB), so 1/16 more plus 8 MB (BENCHMARKS.md).
+DECODE_OVERHEAD_BYTES: Final = 8 * 1024 * 1024
+
+
+def _storage_bytes(mode: str) -> int:
+    return _STORAGE_BYTES.get(mode, 4)
+
+
+def _jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """libjpeg keeps every DCT coefficient (2 bytes each) at full size for a progressive or multi-scan file,
+    whatever the draft scale; the header cannot say which, so it is always counted."""
+    width, height = image.size
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    padded = (width + 8 * h_max) * (height + 8 * v_max)
+    return sum(2 * padded * h * v // (h_max * v_max) for _, h, v, _ in layers)
+
+
+def _decoder_bytes(image: Image.Image) -> int:
+    """Buffers a decoder holds beside Pillow's image, from the header (before the JPEG draft)."""
+    pixels = image.size[0] * image.size[1]
+    if image.format in ("JPEG", "MPO"):
+        return _jpeg_coefficient_bytes(image)
+    if image.format == "WEBP":
+        # libwebp decodes into its own RGBA buffer, copied to a canvas (measured: 3 x 4 bytes per pixel).
+        return 3 * 4 * pixels
+    if image.format == "TIFF":
+        # libtiff reads a whole strip or tile; one strip may be the whole image.
+        return pixels * _storage_bytes(image.mode)
+    if image.format == "BMP":
+        # The RLE decoder collects the whole image in a bytearray, then copies it.
+        return 2 * pixels * _storage_bytes(image.mode)
+    # PNG and GIF decode row by row.
+    return 0
+
+
+def estimate_decode_bytes(image: Image.Image) -> int:
+    """An upper bound of the memory preprocess_image(image) needs at its peak, from the header alone.
+
+    Follows preprocess_image: the decoder's buffers, the decoded image in Pillow's storage (at the JPEG
+    draft scale, which this applies, as preprocess_image would), one strip's conversions, the gray image
+    and its transposed copy (the EXIF orientation may only be known after decoding). The tests measure
+    the real peak RSS of every mode against it.
+    """
+    decoder = _decoder_bytes(image)
+    _draft(image)
+    width, height = image.size
+    pixels = width * height
+    decoded = pixels * _storage_bytes(image.mode)
+    strip = min(pixels, max(STRIP_PIXELS, width)) * STRIP_BYTES_PER_PIXEL
+    total = decoder + decoded + strip + 2 * pixels
+    return total + total // 16 + DECODE_OVERHEAD_BYTES
+
+
 def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image file bytes -> float32 array (100, 100, 1) of raw 0-255 gray levels."""
     with open_image(data, max_pixels) as image:
