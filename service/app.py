@@ -38,8 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.model_load_seconds.set(time.perf_counter() - start)
         metrics.ready.set(1)
         log.info(
-            "model %s (%s) ready in %.2f s (warm-up %.2f s)",
+            "model %s (%s) ready in %.2f s (warm-up %.2f s); limits %s",
             settings.model_path, runtime.classifier.model_id[:12], time.perf_counter() - start, warm_s,
+            runtime.limits.as_dict(),
         )
         try:
             yield {"runtime": runtime}

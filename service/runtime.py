@@ -14,10 +14,12 @@ from fastapi import HTTPException, Request
 from service.batching import MicroBatcher, OverloadedError
 from service.config import Settings
 from service.cpu import available_cpus
+from service.decode_memory import DecodeBudget, DecodeLimits, decode_limits, decode_within_budget
 from service.errors import http_error_for_image
+from service.memory import available_memory
 from service.metrics import Metrics
 from service.model import Classifier, SessionSettings
-from service.preprocessing import ImageError, preprocess_bytes
+from service.preprocessing import ImageError
 from service.uploads import Upload, read_uploads
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Runtime:
     metrics: Metrics
     batcher: MicroBatcher
     decoder: ThreadPoolExecutor
+    limits: DecodeLimits
+    budget: DecodeBudget
     ready: bool = field(default=False)
 
     @classmethod
@@ -56,7 +60,10 @@ class Runtime:
         decoder = ThreadPoolExecutor(
             max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
         )
-        return cls(settings, classifier, metrics, batcher, decoder)
+        # Issue 12: decodes are admitted within a memory budget that follows the container's limit.
+        limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
+        budget = DecodeBudget(limits.decode_memory_budget_bytes, settings.decode_memory_wait_s)
+        return cls(settings, classifier, metrics, batcher, decoder, limits, budget)
 
     def warm_up(self) -> float:
         return self.classifier.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
@@ -83,9 +90,8 @@ class Runtime:
             ) from exc
 
     async def decode(self, uploads: Sequence[Upload], deadline: float) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
         jobs = [
-            loop.run_in_executor(self.decoder, preprocess_bytes, upload.data, self.settings.max_pixels)
+            decode_within_budget(self.budget, self.decoder, upload.data, self.limits.max_pixels, deadline)
             for upload in uploads
         ]
         try:
@@ -97,6 +103,9 @@ class Runtime:
             if isinstance(result, ImageError):
                 self.metrics.rejected.labels(type(result).__name__).inc()
                 raise http_error_for_image(result, upload.name_for_errors)
+            if isinstance(result, OverloadedError):  # issue 12: DecodeBusyError
+                self.metrics.rejected.labels("decode_memory_busy").inc()
+                raise self._busy(str(result))
             if isinstance(result, BaseException):
                 raise result
         return list(results)  # type: ignore[arg-type]

@@ -30,8 +30,9 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/model", responses={503: {"model": ErrorResponse}})
 async def model(runtime: RuntimeDep) -> dict[str, Any]:
-    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256."""
-    return {**runtime.classifier.metadata.model_dump(), "id": runtime.classifier.model_id}
+    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256; decode limits."""
+    card = {**runtime.classifier.metadata.model_dump(), "id": runtime.classifier.model_id}
+    return {**card, "limits": runtime.limits.as_dict()}  # issue 12: decode memory budget, max pixels
 
 
 @router.get("/metrics", response_class=Response)
