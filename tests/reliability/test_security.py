@@ -37,7 +37,7 @@ def test_upload_limits_are_on_by_default() -> None:
     # MAX_PIXELS and the decode memory budget default to 0 = follow the container's memory (issue 12).
     limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
     assert 0 < limits.max_pixels <= 100_000_000
-    assert 0 < limits.decode_memory_budget_bytes
+    assert limits.decode_memory_budget_bytes > 0
     assert 0 < settings.request_timeout_s <= 120
     assert 0 < settings.max_queue_images <= 1024
     assert 0 < settings.graceful_shutdown_s <= 60
