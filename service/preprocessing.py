@@ -81,7 +81,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise UndecodableImageError("the image has no pixels")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+            "(MAX_PIXELS, by default what the memory allows): send it downscaled"
         )
     return image
 
