@@ -34,11 +34,12 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 MB = 1_000_000
 
-# What the rest of the process needs beside decoding. Measured: the service's RSS after warm-up with the
-# default model (onnxruntime, its arena for a batch of 8, Python) was 345-367 MB in-process and <RSS> MB
-# in the Docker image (RELIABILITY.md); request bodies and answers need room too.
+# What the rest of the process needs beside decoding. Measured: the Docker image's RSS after warm-up with
+# the default model (onnxruntime, its arena for batches of 1 and 8, Python) is 334 MB (VmRSS of PID 1,
+# --memory 1g); in-process with TestClient 345 MB, 367 MB after 20 requests of 16 images.
 SERVICE_RESERVE_BYTES = 320 * MiB
-# Of what is left, decoding may take this share; the rest absorbs upload bodies and allocator slack.
+# Of what is left, decoding may take this share; the rest absorbs upload bodies and allocator slack. At
+# --memory 1g that is a 443 MB budget; 16 concurrent 64 MP uploads peaked at 527 MB RSS (RELIABILITY.md).
 BUDGET_FRACTION = 0.6
 # Below this nothing useful decodes (a 12 MP photo's JPEG estimate is ~60 MB); also the floor when the
 # limit is tiny.
