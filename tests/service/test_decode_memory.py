@@ -86,12 +86,14 @@ def test_a_decode_is_refused_as_busy_when_no_room_frees_within_its_wait(
     max_wait_s: float, deadline_in_s: float | None
 ) -> None:
     async def scenario() -> None:
-        budget = DecodeBudget(100, max_wait_s=max_wait_s)
-        await budget.acquire(80)
+        budget = DecodeBudget(100_000_000, max_wait_s=max_wait_s)
+        await budget.acquire(80_000_000)
         deadline = None if deadline_in_s is None else asyncio.get_running_loop().time() + deadline_in_s
-        with pytest.raises(DecodeBusyError, match=r"decoding memory is busy \(0 of 0 MB in use"):
-            await budget.acquire(50, deadline)
-        assert budget.in_use == 80
+        with pytest.raises(
+            DecodeBusyError, match=r"decoding memory is busy \(80 of 100 MB in use, this image needs 50 MB\)"
+        ):
+            await budget.acquire(50_000_000, deadline)
+        assert budget.in_use == 80_000_000
 
     run(scenario())
 
