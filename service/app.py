@@ -43,8 +43,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
         log.info(
-            "model %s (%s) ready in %.2f s (warm-up %.2f s)",
+            "model %s (%s) ready in %.2f s (warm-up %.2f s); limits %s",
             settings.model_path, serving.classifier.model_id[:12], time.perf_counter() - start, warm_s,
+            serving.limits.as_dict(),
         )
         try:
             yield {"pipeline": serving}

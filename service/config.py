@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(20 * MiB, gt=0)
     max_body_bytes: int = Field(64 * MiB, gt=0)
     max_files: int = Field(16, ge=1)
-    max_pixels: int = Field(64_000_000, gt=0, description="declared width x height; bombs are refused")
+    max_pixels: int = Field(
+        0, ge=0, description="declared width x height; 0 = the largest RGBA PNG the decode budget fits, <= 64 M"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="upload + inference; 408/503 after it")
 
     # Micro-batching: 0 ms wait batches only what queued while the previous batch ran.
@@ -71,6 +73,12 @@ class Settings(BaseSettings):
     ort_cpu_mem_arena: bool = Field(True, description="reuse activation buffers between batches")
     ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
     decode_threads: int = Field(0, ge=0, description="0 means the available CPUs")
+
+    # Decoding memory (issue 12; service/decode_memory.py): 0 = a share of the container's memory limit.
+    decode_memory_budget_bytes: int = Field(0, ge=0, description="sum of admitted decode estimates; 0 = auto")
+    decode_memory_wait_s: float = Field(
+        2.0, ge=0, description="how long a decode may wait for budget (never past the request deadline), then 503"
+    )
 
     # Security: no CORS origin and no key unless configured.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -20,11 +20,19 @@ import numpy as np
 from service.batching import MicroBatcher, OverloadedError
 from service.config import Settings
 from service.cpu import available_cpus
+from service.decode_memory import (
+    DecodeBudget,
+    DecodeBusyError,
+    DecodeLimits,
+    decode_limits,
+    decode_within_budget,
+)
 from service.failures import BusyError, NotReadyError, ReloadRefusedError
 from service.input_stats import DriftMonitor
+from service.memory import available_memory
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError
-from service.preprocessing import ImageError, preprocess_bytes
+from service.preprocessing import ImageError
 from service.versions import ModelSource, latest_source
 
 log = logging.getLogger(__name__)
@@ -90,11 +98,17 @@ class Answer:
 class Pipeline:
     """The served model with its decode pool and batcher; built once per process by `load`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, model: ServedModel, decoder: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, model: ServedModel, decoder: ThreadPoolExecutor,
+        limits: DecodeLimits,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.model = model
         self.decoder = decoder
+        # Decodes are admitted within a memory budget that follows the container's limit (RELIABILITY.md).
+        self.limits = limits
+        self.budget = DecodeBudget(limits.decode_memory_budget_bytes, settings.decode_memory_wait_s)
         self._reload_lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -108,7 +122,8 @@ class Pipeline:
         decoder = ThreadPoolExecutor(
             max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
         )
-        return cls(settings, metrics, model, decoder)
+        limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
+        return cls(settings, metrics, model, decoder, limits)
 
     def _drift_monitor(self, model: ServedModel) -> DriftMonitor:
         monitor = DriftMonitor(
@@ -224,10 +239,10 @@ class Pipeline:
         return await self.predict_with_model(arrays, deadline)
 
     async def decode(self, images: Sequence[EncodedImage], deadline: float) -> list[np.ndarray]:
-        """Runs the shared preprocessing off the event loop; the first bad image fails the whole call."""
-        loop = asyncio.get_running_loop()
+        """Runs the shared preprocessing off the event loop, each decode within the memory budget; the first
+        bad image fails the whole call."""
         jobs = [
-            loop.run_in_executor(self.decoder, preprocess_bytes, image.data, self.settings.max_pixels)
+            decode_within_budget(self.budget, self.decoder, image.data, self.limits.max_pixels, deadline)
             for image in images
         ]
         try:
@@ -240,6 +255,9 @@ class Pipeline:
                 self.metrics.rejected.labels(type(result).__name__).inc()
                 # Same type, so each door maps it as before; the message says which file.
                 raise type(result)(f"{image.name_for_errors}: {result}") from result
+            if isinstance(result, DecodeBusyError):
+                self.metrics.rejected.labels("decode_memory_busy").inc()
+                raise self._busy(str(result)) from result
             if isinstance(result, BaseException):
                 raise result
         return list(results)  # type: ignore[arg-type]

@@ -35,11 +35,12 @@ async def readyz(request: Request) -> Response:
 @router.get("/model", responses={503: {"model": ErrorResponse}})
 async def model(pipeline: PipelineDep) -> dict[str, Any]:
     """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256; the version
-    that answers and the threshold in effect (THRESHOLD's, else the model's)."""
+    that answers, the threshold in effect (THRESHOLD's, else the model's) and the decode limits."""
     return {
         **pipeline.classifier.describe(),
         "version": pipeline.model.version,
         "effective_threshold": pipeline.threshold(),
+        "limits": pipeline.limits.as_dict(),
     }
 
 

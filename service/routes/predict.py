@@ -19,10 +19,10 @@ _errors = {
     400: "not a decodable image (empty, truncated, garbage) or a malformed multipart body",
     401: "API_KEY is set and X-API-Key is missing or wrong",
     408: "the upload took longer than REQUEST_TIMEOUT_S",
-    413: "body, file or declared pixel count over the limit",
+    413: "body, file or declared pixel count over the limit, or one image needs more than the decode memory budget",
     415: "unsupported Content-Type or image format",
     422: "no 'file'/'files' field, an unexpected field, too many files, or a threshold outside 0..1",
-    503: "overloaded or not ready; retry after the Retry-After header's seconds",
+    503: "overloaded (queue or decode memory budget full) or not ready; retry after the Retry-After header's seconds",
 }
 _binary = {"type": "string", "format": "binary"}
 # The body is parsed by hand (three shapes share one route), so its schema is stated here for /docs.
