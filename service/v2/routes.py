@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -96,6 +96,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": V2Error, "description": _errors[code]} for code in codes}
 
 
+# Bounded so a name is never a megabyte of URL in an error message; longer ones are 400.
+ModelName = Annotated[str, Path(min_length=1, max_length=256, description="`name` in the model card")]
+ModelVersion = Annotated[str, Path(min_length=1, max_length=64, description="the card's `version`, else 1")]
+
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
 
 
@@ -148,14 +152,14 @@ def _metadata(classifier: Classifier) -> ModelMetadata:
     )
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=_responses(404, 503))
-async def model_metadata(pipeline: PipelineDep, name: str) -> ModelMetadata:
+@router.get("/models/{name}", response_model=ModelMetadata, responses=_responses(400, 404, 503))
+async def model_metadata(pipeline: PipelineDep, name: ModelName) -> ModelMetadata:
     """Model metadata: versions, inputs and outputs with their datatypes and shapes (-1: any batch size)."""
     return _metadata(served(pipeline, name, None))
 
 
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_responses(404, 503))
-async def model_version_metadata(pipeline: PipelineDep, name: str, version: str) -> ModelMetadata:
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_responses(400, 404, 503))
+async def model_version_metadata(pipeline: PipelineDep, name: ModelName, version: ModelVersion) -> ModelMetadata:
     """Model metadata for one version."""
     return _metadata(served(pipeline, name, version))
 
@@ -170,14 +174,14 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Read
     return Readiness(ready=True)
 
 
-@router.get("/models/{name}/ready", response_model=Readiness, responses=_responses(404, 503))
-async def model_ready(request: Request, name: str) -> Readiness:
+@router.get("/models/{name}/ready", response_model=Readiness, responses=_responses(400, 404, 503))
+async def model_ready(request: Request, name: ModelName) -> Readiness:
     """The model is loaded, warmed and taking requests."""
     return await _model_ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, responses=_responses(404, 503))
-async def model_version_ready(request: Request, name: str, version: str) -> Readiness:
+@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, responses=_responses(400, 404, 503))
+async def model_version_ready(request: Request, name: ModelName, version: ModelVersion) -> Readiness:
     """One version of the model is loaded, warmed and taking requests."""
     return await _model_ready(request, name, version)
 
@@ -226,7 +230,9 @@ HeaderLength = Annotated[
 ]
 
 
-async def _infer(request: Request, pipeline: Pipeline, name: str, version: str | None, header_length: int | None):
+async def _infer(
+    request: Request, pipeline: Pipeline, name: str, version: str | None, header_length: int | None
+) -> Response:
     classifier = served(pipeline, name, version)
     settings = pipeline.settings
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -272,7 +278,7 @@ async def _infer(request: Request, pipeline: Pipeline, name: str, version: str |
     openapi_extra={"requestBody": _infer_body},
     dependencies=[Depends(require_api_key)],
 )
-async def infer(request: Request, pipeline: PipelineDep, name: str, header_length: HeaderLength = None) -> Response:
+async def infer(request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None) -> Response:
     """Classify images sent as `image_bytes` (BYTES [N], encoded files) or `input` (FP32 [N,100,100,1], 0-255)."""
     return await _infer(request, pipeline, name, None, header_length)
 
@@ -285,7 +291,7 @@ async def infer(request: Request, pipeline: PipelineDep, name: str, header_lengt
     dependencies=[Depends(require_api_key)],
 )
 async def infer_version(
-    request: Request, pipeline: PipelineDep, name: str, version: str, header_length: HeaderLength = None
+    request: Request, pipeline: PipelineDep, name: ModelName, version: ModelVersion, header_length: HeaderLength = None
 ) -> Response:
     """Inference on one version of the model; the same inputs and outputs."""
     return await _infer(request, pipeline, name, version, header_length)
