@@ -278,7 +278,9 @@ async def _infer(
     openapi_extra={"requestBody": _infer_body},
     dependencies=[Depends(require_api_key)],
 )
-async def infer(request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None) -> Response:
+async def infer(
+    request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None
+) -> Response:
     """Classify images sent as `image_bytes` (BYTES [N], encoded files) or `input` (FP32 [N,100,100,1], 0-255)."""
     return await _infer(request, pipeline, name, None, header_length)
 

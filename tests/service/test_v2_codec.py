@@ -152,7 +152,7 @@ def test_bodies_that_are_not_an_inference_request_are_refused(body: bytes) -> No
 
 def test_an_element_over_max_file_bytes_is_too_large_in_json_and_binary() -> None:
     big = b"\x00" * (LIMITS.max_item_bytes + 1)
-    with pytest.raises(codec.TensorTooLargeError, match="element 1 is 65 bytes.*MAX_FILE_BYTES"):
+    with pytest.raises(codec.TensorTooLargeError, match=r"element 1 is 65 bytes.*MAX_FILE_BYTES"):
         read(image_input(data=["YQ==", base64.b64encode(big).decode()]))
     blob = length_prefixed(b"", big)
     with pytest.raises(codec.TensorTooLargeError, match="element 1 is 65 bytes"):
