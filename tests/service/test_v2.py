@@ -65,7 +65,8 @@ def assert_error(response: object, status: int, match: str) -> None:
 
 
 def test_server_metadata_names_the_binary_extension(client: TestClient) -> None:
-    assert client.get("/v2").json() == {"name": "cell-classifier", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    body = client.get("/v2").json()
+    assert body == {"name": "cell-classifier", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,9 @@ def test_infer_in_binary_reads_length_prefixed_files_and_answers_in_binary(clien
     files = [gray_png(40), gray_png(200)]
     blob = length_prefixed(*files)
     header = {
-        "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}}],
+        "inputs": [
+            {"name": "image_bytes", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}}
+        ],
         "parameters": {"binary_data_output": True},
     }
     body, headers = binary_body(header, blob)
