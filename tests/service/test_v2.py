@@ -334,3 +334,28 @@ def test_infer_answers_503_with_retry_after_when_the_queue_is_full(
         assert queued.result(TIMEOUT_S).status_code == 200
     assert_error(refused, 503, "overloaded")
     assert refused.headers["retry-after"] == "5"
+
+
+def test_openapi_lists_every_v2_endpoint_with_error_bodies_and_the_request_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = {path for path in schema["paths"] if path.startswith("/v2")}
+    assert paths == {
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
+    for status in ("400", "401", "404", "408", "413", "415", "503"):
+        error = infer["responses"][status]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/V2Error"}, status
+    request_schema = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert set(request_schema["properties"]) == {"id", "parameters", "inputs", "outputs"}
+    assert "$defs" not in json.dumps(request_schema)
+    assert "application/octet-stream" in infer["requestBody"]["content"]
+    assert {"application/json", "application/octet-stream"} <= set(infer["responses"]["200"]["content"])
