@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Re
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import PipelineDep
 from service.encoding import encode
@@ -60,7 +61,7 @@ class V2Route(APIRoute):
             retry_after_s: int = request.app.state.settings.retry_after_s
             try:
                 return await handler(request)
-            except HTTPException as exc:  # the API key's 401, 404, 408, 415
+            except StarletteHTTPException as exc:  # the API key's 401, 404, 408, 415
                 return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -244,8 +245,9 @@ async def _infer(
             body = await request.body()
     except TimeoutError as exc:
         raise HTTPException(408, f"the body did not arrive within {settings.request_timeout_s:g} s") from exc
-    parsed = codec.parse_request(body, header_length)
-    tensor = codec.read_input(parsed, codec.Limits(settings.max_files, settings.max_file_bytes))
+    limits = codec.Limits(settings.max_files, settings.max_file_bytes)
+    parsed = codec.parse_request(body, header_length, limits)
+    tensor = codec.read_input(parsed, limits)
     outputs = codec.choose_outputs(parsed.request)  # before inference: a bad output name costs no compute
     if tensor.images is not None:
         images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(tensor.images)]

@@ -26,7 +26,8 @@ def length_prefixed(*items: bytes) -> bytes:
 
 def read(header: dict[str, object], *blobs: bytes, header_length: int | None = None) -> codec.ModelInput:
     body, length = body_of(header, *blobs)
-    return codec.read_input(codec.parse_request(body, header_length if header_length is not None else length), LIMITS)
+    parsed = codec.parse_request(body, header_length if header_length is not None else length, LIMITS)
+    return codec.read_input(parsed, LIMITS)
 
 
 def image_input(**fields: object) -> dict[str, object]:
@@ -67,7 +68,7 @@ def test_fp32_in_json_may_be_flat_or_nested(nested: bool) -> None:
 def test_a_binary_input_and_its_header_split_the_body_exactly() -> None:
     blob = length_prefixed(b"a", b"b")
     body, length = body_of(image_input(parameters={"binary_data_size": len(blob)}), blob)
-    parsed = codec.parse_request(body, length)
+    parsed = codec.parse_request(body, length, LIMITS)
     assert parsed.binary == {0: blob}
 
 
@@ -141,13 +142,21 @@ def test_malformed_tensors_are_refused_with_a_message(
 def test_binary_data_without_the_header_length_is_refused() -> None:
     body, _ = body_of(image_input(parameters={"binary_data_size": 0}))
     with pytest.raises(codec.TensorError, match="no Inference-Header-Content-Length"):
-        codec.parse_request(body, None)
+        codec.parse_request(body, None, LIMITS)
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b"\xff\xfe", b'{"inputs": [{"name": 1}]}'])
 def test_bodies_that_are_not_an_inference_request_are_refused(body: bytes) -> None:
     with pytest.raises(codec.TensorError, match="not valid"):
-        codec.parse_request(body, None)
+        codec.parse_request(body, None, LIMITS)
+
+
+def test_a_header_with_more_values_than_max_files_images_can_hold_is_refused_before_parsing() -> None:
+    most = LIMITS.max_items * 100 * 100
+    pixels = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 100, 100, 1], "data": [1.0] * most}]}
+    assert read(pixels).pixels.shape == (4, 100, 100, 1)  # type: ignore[union-attr]
+    with pytest.raises(codec.TensorError, match=r"more values than 4 images \(MAX_FILES\)"):
+        codec.parse_request(json.dumps({"inputs": [], "x": [0] * (most + 1024)}).encode(), None, LIMITS)
 
 
 def test_an_element_over_max_file_bytes_is_too_large_in_json_and_binary() -> None:
