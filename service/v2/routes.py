@@ -8,7 +8,6 @@ MAX_FILE_BYTES applied per tensor; the body limit middleware already covers ever
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -37,8 +36,6 @@ from service.v2.schemas import (
     ServerMetadata,
     V2Error,
 )
-
-log = logging.getLogger(__name__)
 
 SERVER_NAME = "cell-classifier"
 EXTENSIONS = ["binary_tensor_data"]
