@@ -18,12 +18,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import PipelineDep
-from service.encoding import encode
+from service.encoding import VERSION_HEADER, encode
 from service.errors import RETRYABLE, retry_headers, status_for
 from service.failures import NotReadyError, ServiceError
 from service.limits import BodyTooLargeError
-from service.model import Classifier
-from service.pipeline import EncodedImage, Pipeline
+from service.pipeline import EncodedImage, Pipeline, ServedModel
 from service.preprocessing import ImageError
 from service.security import require_api_key
 from service.v2 import codec
@@ -96,27 +95,22 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # Bounded so a name is never a megabyte of URL in an error message; longer ones are 400.
 ModelName = Annotated[str, Path(min_length=1, max_length=256, description="`name` in the model card")]
-ModelVersion = Annotated[str, Path(min_length=1, max_length=64, description="the card's `version`, else 1")]
+ModelVersion = Annotated[
+    str, Path(min_length=1, max_length=64, description="MODEL_DIR's number, else the card's `version`, else 1")
+]
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
 
 
-def model_version(classifier: Classifier) -> str:
-    """The card's `version` field when it has one, else "1"."""
-    version = (classifier.metadata.model_extra or {}).get("version")
-    return DEFAULT_VERSION if version is None else str(version)
-
-
-def served(pipeline: Pipeline, name: str, version: str | None) -> Classifier:
-    """The classifier if `name` (and `version`, when given) are the served model's, else 404."""
-    classifier = pipeline.classifier
-    if name != classifier.metadata.name:
-        raise HTTPException(404, f"no model '{name}': this server serves '{classifier.metadata.name}'")
-    if version is not None and version != model_version(classifier):
-        raise HTTPException(
-            404, f"model '{name}' has no version '{version}': it serves version '{model_version(classifier)}'"
-        )
-    return classifier
+def served(pipeline: Pipeline, name: str, version: str | None) -> ServedModel:
+    """The served model if `name` (and `version`, when given) are its own, else 404. Its version is the
+    pipeline's: MODEL_DIR's folder number, else the card's `version`, else "1"."""
+    model = pipeline.model
+    if name != model.classifier.metadata.name:
+        raise HTTPException(404, f"no model '{name}': this server serves '{model.classifier.metadata.name}'")
+    if version is not None and version != model.version:
+        raise HTTPException(404, f"model '{name}' has no version '{version}': it serves version '{model.version}'")
+    return model
 
 
 @router.get("", response_model=ServerMetadata)
@@ -140,10 +134,10 @@ async def ready(request: Request) -> Readiness:
     return Readiness(ready=True)
 
 
-def _metadata(classifier: Classifier) -> ModelMetadata:
+def _metadata(model: ServedModel) -> ModelMetadata:
     return ModelMetadata(
-        name=classifier.metadata.name,
-        versions=[model_version(classifier)],
+        name=model.classifier.metadata.name,
+        versions=[model.version],
         platform=PLATFORM,
         inputs=[spec.metadata() for spec in codec.INPUTS],
         outputs=[spec.metadata() for spec in codec.OUTPUTS],
@@ -231,7 +225,7 @@ HeaderLength = Annotated[
 async def _infer(
     request: Request, pipeline: Pipeline, name: str, version: str | None, header_length: int | None
 ) -> Response:
-    classifier = served(pipeline, name, version)
+    served(pipeline, name, version)
     settings = pipeline.settings
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -248,26 +242,27 @@ async def _infer(
     outputs = codec.choose_outputs(parsed.request)  # before inference: a bad output name costs no compute
     if tensor.images is not None:
         images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(tensor.images)]
-        probabilities = await pipeline.classify(images, deadline)
+        answer = await pipeline.answer(images, deadline)
     else:
-        probabilities = await pipeline.predict(list(tensor.pixels), deadline)  # type: ignore[arg-type]
-    # /predict's own encoder, so the label follows the one threshold rule.
-    predictions = encode(classifier, [None] * len(probabilities), probabilities).predictions
+        answer = await pipeline.predict_with_model(list(tensor.pixels), deadline)  # type: ignore[arg-type]
+    if version is not None and answer.model.version != version:
+        # A reload swapped versions while this request waited; the protocol promises the version asked for.
+        raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
+    # /predict's own encoder, so the label follows the one threshold rule (THRESHOLD, else the card's).
+    predictions = encode(answer.model, [None] * len(answer.probabilities), answer.probabilities, pipeline.threshold())
     encoded = codec.encode_response(
-        model_name=classifier.metadata.name,
-        model_version=model_version(classifier),
+        model_name=answer.model.classifier.metadata.name,
+        model_version=answer.model.version,
         request_id=parsed.request.id,
         outputs=outputs,
-        probabilities=[p.probability for p in predictions],
-        labels=[p.label for p in predictions],
+        probabilities=[p.probability for p in predictions.predictions],
+        labels=[p.label for p in predictions.predictions],
     )
+    headers = {VERSION_HEADER: answer.model.version}
     if encoded.header_length is None:
-        return Response(encoded.body, media_type="application/json")
-    return Response(
-        encoded.body,
-        media_type="application/octet-stream",
-        headers={codec.HEADER_LENGTH: str(encoded.header_length)},
-    )
+        return Response(encoded.body, media_type="application/json", headers=headers)
+    headers[codec.HEADER_LENGTH] = str(encoded.header_length)
+    return Response(encoded.body, media_type="application/octet-stream", headers=headers)
 
 
 @router.post(

@@ -22,9 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.servers import wait_until_ready
 from service.app import create_app
 from service.config import Settings
-from tests import readiness
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 pytestmark = pytest.mark.docker
@@ -67,7 +67,7 @@ class Container:
         def exited() -> str | None:
             return None if self.state("Running") == "true" else f"the container exited with {self.state('ExitCode')}"
 
-        why = readiness.wait_ready(self.url, exited, READY_TIMEOUT_S, interval_s=0.5)
+        why = wait_until_ready(self.url, exited, READY_TIMEOUT_S, interval_s=0.5)
         if why is not None:
             pytest.fail(f"{why}:\n{self.logs()}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -120,13 +121,37 @@ def test_model_metadata_declares_both_inputs_and_both_outputs(client: TestClient
 
 def test_the_model_version_is_the_cards_version_field(tmp_path: Path) -> None:
     model_path = build_tiny_onnx(tmp_path / "model.onnx")
-    write_tiny_metadata(model_path, name="cells", version=7)
+    write_tiny_metadata(model_path, name="cells", version="7")
     with TestClient(create_app(Settings(model_path=model_path))) as client:
         assert client.get("/v2/models/cells").json()["versions"] == ["7"]
         assert client.get("/v2/models/cells/versions/7/ready").status_code == 200
         assert_error(client.get("/v2/models/cells/versions/1"), 404, "it serves version '7'")
         response = client.post("/v2/models/cells/versions/7/infer", json=images_json(gray_png(5)))
         assert response.json()["model_version"] == "7"
+        assert response.headers["X-Model-Version"] == "7"
+
+
+def test_model_dir_versions_are_the_protocols_versions_and_follow_a_reload(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    def add_version(number: int) -> None:
+        folder = tmp_path / "versions" / str(number)
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_model_path, folder / "model.onnx")
+        shutil.copy(tiny_model_path.with_suffix(".json"), folder / "model.json")
+
+    add_version(2)
+    key = {"X-API-Key": "admin-key"}
+    settings = Settings(model_dir=tmp_path / "versions", api_key="admin-key")
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"/v2/models/{MODEL}").json()["versions"] == ["2"]
+        response = client.post(f"/v2/models/{MODEL}/versions/2/infer", json=images_json(gray_png(5)), headers=key)
+        assert (response.json()["model_version"], response.headers["X-Model-Version"]) == ("2", "2")
+        add_version(3)
+        assert client.post("/admin/reload", headers=key).json()["serving"] == "3"
+        assert_error(client.get(f"/v2/models/{MODEL}/versions/2/ready"), 404, "it serves version '3'")
+        response = client.post(f"/v2/models/{MODEL}/versions/3/infer", json=images_json(gray_png(5)), headers=key)
+        assert response.json()["model_version"] == "3"
 
 
 @pytest.mark.parametrize(
