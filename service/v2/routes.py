@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.deps import PipelineDep
+from service.deps import PipelineDep, ready_pipeline
 from service.encoding import VERSION_HEADER, encode
 from service.errors import RETRYABLE, retry_headers, status_for
 from service.failures import NotReadyError, ServiceError
@@ -128,8 +128,7 @@ async def live() -> Liveness:
 @router.get("/health/ready", response_model=Readiness, responses=_responses(503))
 async def ready(request: Request) -> Readiness:
     """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
-    pipeline: Pipeline | None = getattr(request.state, "pipeline", None)
-    if pipeline is None or not pipeline.ready:
+    if ready_pipeline(request) is None:
         raise NotReadyError("the model is not ready")
     return Readiness(ready=True)
 
