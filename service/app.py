@@ -23,6 +23,7 @@ from service.metrics_middleware import MetricsMiddleware
 from service.model import ModelLoadError
 from service.pipeline import Pipeline
 from service.routes import admin, health, predict
+from service.v2 import routes as v2
 
 log = logging.getLogger("service")
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(v2.router)
     install_error_handlers(app)
     # Last added runs first: metrics see every response, including 413s from the body limit.
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
