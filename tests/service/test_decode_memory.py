@@ -27,7 +27,7 @@ from service.decode_memory import (
 )
 from service.preprocessing import ImageTooLargeError, estimate_decode_bytes, open_image
 from tests.conftest import image_bytes
-from tests.service.helpers import PNG_SIGNATURE, gray_png, png_chunk, pipeline_of
+from tests.service.helpers import PNG_SIGNATURE, gray_png, pipeline_of, png_chunk
 
 TIMEOUT_S = 30.0
 GiB = 1024**3
