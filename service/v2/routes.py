@@ -42,6 +42,14 @@ PLATFORM = "onnxruntime_onnx"  # Triton's name for a model run by onnxruntime
 DEFAULT_VERSION = "1"
 
 
+PREFIX = "/v2"
+
+
+def error_key_for(path: str) -> str:
+    """The field an error message goes in at this path: the protocol's `error` under /v2, else `detail`."""
+    return "error" if path == PREFIX or path.startswith(PREFIX + "/") else "detail"
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -99,7 +107,7 @@ ModelVersion = Annotated[
     str, Path(min_length=1, max_length=64, description="MODEL_DIR's number, else the card's `version`, else 1")
 ]
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
+router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
 
 
 def served(pipeline: Pipeline, name: str, version: str | None) -> ServedModel:

@@ -384,3 +384,10 @@ def test_openapi_lists_every_v2_endpoint_with_error_bodies_and_the_request_schem
     assert "$defs" not in json.dumps(request_schema)
     assert "application/octet-stream" in infer["requestBody"]["content"]
     assert {"application/json", "application/octet-stream"} <= set(infer["responses"]["200"]["content"])
+
+
+def test_a_declared_body_over_the_limit_on_v2_is_a_protocol_413(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(MAX_BODY_BYTES=1000)
+    response = client.post("/v2/models/tiny-test-model/infer", content=b"{" + b" " * 2000 + b"}")
+    assert response.status_code == 413
+    assert response.json() == {"error": "the request body is larger than 1000 bytes"}
