@@ -1,22 +1,26 @@
-"""Servers under test as real uvicorn processes on 127.0.0.1: spawn, wait until ready, peak RSS, stop."""
+"""The one real-server harness: a server as a process on 127.0.0.1 (spawn, wait until ready, RSS, stop).
+
+Used by the benchmarks and by the tests that need a real uvicorn; bench imports nothing from tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import httpx
 
 HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServerError(RuntimeError):
@@ -51,6 +55,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _setting_names() -> frozenset[str]:
+    from service.config import Settings
+
+    return frozenset(name.upper() for name in Settings.model_fields)
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment less every variable that names a service setting, so a server under
+    test gets exactly the settings its spec gives (an API_KEY exported in the shell must not leak in)."""
+    names = _setting_names()
+    return {key: value for key, value in os.environ.items() if key.upper() not in names}
+
+
+def wait_until_ready(
+    url: str, exited: Callable[[], str | None], timeout_s: float, interval_s: float = 0.05
+) -> str | None:
+    """None once `url`/readyz answers 200; otherwise why not: what `exited()` reports, or the timeout.
+    Shared by real processes (Server) and containers (the Docker tests)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            why = exited()
+            if why is not None:
+                return why
+            try:
+                if client.get(f"{url}/readyz").status_code == 200:
+                    return None
+            except httpx.TransportError:
+                pass
+            time.sleep(interval_s)
+    return f"/readyz did not answer 200 within {timeout_s:g} s"
+
+
 def _status_kib(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -63,7 +100,8 @@ def _status_kib(pid: int, key: str) -> int | None:
 
 
 class Server:
-    """One running server; use as a context manager so it is stopped whatever happens."""
+    """One real server process; use as a context manager so it is stopped whatever happens.
+    `start()` = `spawn()` + `wait_ready()`; tests of start-up failures spawn without waiting."""
 
     def __init__(self, spec: ServerSpec, log_dir: Path, ready_timeout_s: float = 180.0) -> None:
         self.spec = spec
@@ -72,14 +110,26 @@ class Server:
         self.log_path = log_dir / f"{spec.name}.log"
         self._ready_timeout_s = ready_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._spawned_at = 0.0
         self.startup_s: float | None = None
         self.rss_at_ready_mib: float | None = None
 
     @property
-    def pid(self) -> int:
+    def base_url(self) -> str:
+        return self.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
         assert self._process is not None, "the server is not running"
-        return self._process.pid
+        return self._process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> Self:
         try:
@@ -94,45 +144,58 @@ class Server:
     ) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Spawns the server and waits for GET /readyz 200; startup_s is spawn -> ready."""
+    def spawn(self) -> Self:
         command = [*self.spec.command, *(["--port", str(self.port)] if self.spec.uvicorn_cli else [])]
-        env = {**os.environ, **self.spec.env, "PORT": str(self.port)}
+        env = {**inherited_env(), "PYTHONUNBUFFERED": "1", **self.spec.env, "PORT": str(self.port)}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        start = time.perf_counter()
-        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = start + self._ready_timeout_s
-        with httpx.Client(timeout=1.0) as client:
-            while time.perf_counter() < deadline:
-                self.check_alive()
-                try:
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        self.startup_s = time.perf_counter() - start
-                        self.rss_at_ready_mib = self.rss_mib()
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.02)
-        raise ServerError(f"{self.spec.name} was not ready within {self._ready_timeout_s:g} s: {self._log_tail()}")
+        self._spawned_at = time.perf_counter()
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Waits for GET /readyz 200; startup_s is spawn -> ready. ServerError quotes the log otherwise."""
+        why = wait_until_ready(self.url, self._exited, timeout_s or self._ready_timeout_s, interval_s=0.02)
+        if why is not None:
+            raise ServerError(f"{self.spec.name}: {why}: {self._log_tail()}")
+        self.startup_s = time.perf_counter() - self._spawned_at
+        self.rss_at_ready_mib = self.rss_mib()
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and the exit status; SIGKILL and TimeoutExpired if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
 
     def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL if it has not exited within 30 s."""
+        """SIGTERM (graceful), then SIGKILL if it has not exited within 30 s; never raises."""
         if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def _exited(self) -> str | None:
+        code = self.process.poll()
+        return None if code is None else f"exited with {code}"
 
     def check_alive(self) -> None:
-        assert self._process is not None, "the server is not running"
-        if self._process.poll() is not None:
-            raise ServerError(f"{self.spec.name} exited with {self._process.returncode}: {self._log_tail()}")
+        why = self._exited()
+        if why is not None:
+            raise ServerError(f"{self.spec.name} {why}: {self._log_tail()}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (all its threads)."""
@@ -153,6 +216,12 @@ class Server:
                 return True
         return False
 
+    def rss_kib(self) -> int:
+        kib = _status_kib(self.pid, "VmRSS")
+        if kib is None:
+            raise ServerError(f"{self.spec.name} has no VmRSS: {self._log_tail()}")
+        return kib
+
     def rss_mib(self) -> float | None:
         kib = _status_kib(self.pid, "VmRSS")
         return None if kib is None else kib / 1024
@@ -171,8 +240,6 @@ class Server:
 
     def _log_tail(self) -> str:
         """The log's last line (where uvicorn and the service say why they stopped) and where the rest is."""
-        if self._log is not None:
-            self._log.flush()
         try:
             lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:

@@ -15,11 +15,7 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +28,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-HOST = "127.0.0.1"
+from bench.servers import Server, service_spec
+
 # Small upload limits for the soak server, so over-limit uploads are cheap to send.
 SOAK_ENV = {"MAX_FILE_BYTES": str(1024 * 1024), "MAX_BODY_BYTES": str(4 * 1024 * 1024), "MAX_FILES": "4"}
 
@@ -157,40 +154,6 @@ class Report:
         return json.dumps(data, indent=2)
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(model: Path, port: int, log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MODEL_PATH": str(model), "HOST": HOST, "PORT": str(port), **SOAK_ENV, **extra_env}
-    with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the server was not ready within {timeout_s} s:\n{log_path.read_text()}")
-
-
 async def load(base_url: str, args: argparse.Namespace, report: Report, on_warm: Callable[[], None]) -> None:
     kinds = request_kinds(make_images(48))
     weights = [k.weight for k in kinds]
@@ -250,34 +213,21 @@ async def load(base_url: str, args: argparse.Namespace, report: Report, on_warm:
 
 
 def run(args: argparse.Namespace) -> Report:
-    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    model = args.model
-    if str(model) == "tiny":
-        from tests.model_factory import build_tiny_onnx, write_tiny_metadata
-
-        model = build_tiny_onnx(workdir / "model.onnx")
-        write_tiny_metadata(model)
-    port = free_port()
-    log_path = args.log or workdir / "server.log"
+    log_dir = args.log.parent if args.log else Path(tempfile.mkdtemp(prefix="soak-"))
+    name = args.log.stem if args.log else "server"
     extra_env = dict(item.split("=", 1) for item in args.env)
     report = Report(args.duration, args.connections, str(args.model))
-    process = start_server(Path(model), port, log_path, extra_env)
-    try:
-        base_url = f"http://{HOST}:{port}"
-        wait_ready(process, base_url, log_path)
-        report.rss_kib["start"] = rss_kib(process.pid)
+    server = Server(service_spec(name, args.model, {"LOG_LEVEL": "info", **SOAK_ENV, **extra_env}), log_dir, 120.0)
+    log_path = server.log_path
+    with server:
+        report.rss_kib["start"] = server.rss_kib()
 
         def on_warm() -> None:
-            report.rss_kib["after_warmup"] = rss_kib(process.pid)
+            report.rss_kib["after_warmup"] = server.rss_kib()
 
-        asyncio.run(load(base_url, args, report, on_warm))
-        report.rss_kib["end"] = rss_kib(process.pid)
-        process.send_signal(signal.SIGTERM)
-        report.server_exit_code = process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        asyncio.run(load(server.url, args, report, on_warm))
+        report.rss_kib["end"] = server.rss_kib()
+        report.server_exit_code = server.terminate(timeout_s=60)
     log = log_path.read_text(errors="replace")
     report.tracebacks_in_log = log.count("Traceback")
     warm = report.rss_kib.get("after_warmup", report.rss_kib["start"])
@@ -317,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent clients (default 16)")
-    parser.add_argument("--model", default="models/model.onnx", help="ONNX model path, or 'tiny'")
+    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="ONNX model path")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per latency window (default 10)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds before the warm RSS (default 20%%)")
     parser.add_argument("--max-rss-growth", type=float, default=0.10, help="fail at this growth after warm-up")

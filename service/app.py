@@ -22,7 +22,8 @@ from service.metrics import Metrics
 from service.metrics_middleware import MetricsMiddleware
 from service.model import ModelLoadError
 from service.pipeline import Pipeline
-from service.routes import explain, health, page, predict
+from service.routes import admin, explain, health, page, predict
+from service.v2 import routes as v2
 
 log = logging.getLogger("service")
 
@@ -43,8 +44,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
         log.info(
-            "model %s (%s) ready in %.2f s (warm-up %.2f s)",
+            "model %s (%s) ready in %.2f s (warm-up %.2f s); limits %s",
             settings.model_path, serving.classifier.model_id[:12], time.perf_counter() - start, warm_s,
+            serving.limits.as_dict(),
         )
         try:
             yield {"pipeline": serving}
@@ -62,12 +64,14 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(v2.router)
     app.include_router(explain.router)
     if settings.ui_enabled:
         page.install(app)
     install_error_handlers(app)
     # Last added runs first: metrics see every response, including 413s from the body limit.
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes, error_key_for=v2.error_key_for)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

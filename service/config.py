@@ -28,6 +28,14 @@ class Settings(BaseSettings):
 
     # Model: metadata is read from the .json file beside the .onnx file.
     model_path: Path = Path("models/model.onnx")
+    # Versions: when set, MODEL_DIR/<n>/model.onnx with the highest n is served and MODEL_PATH is ignored.
+    model_dir: Path | None = None
+    model_poll_interval_s: float = Field(
+        0.0, ge=0, description="how often MODEL_DIR is checked for a newer version; 0 = only on POST /admin/reload"
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="overrides the model card's decision threshold for every request"
+    )
 
     # Server
     host: str = "0.0.0.0"
@@ -41,7 +49,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(20 * MiB, gt=0)
     max_body_bytes: int = Field(64 * MiB, gt=0)
     max_files: int = Field(16, ge=1)
-    max_pixels: int = Field(64_000_000, gt=0, description="declared width x height; bombs are refused")
+    max_pixels: int = Field(
+        0, ge=0, description="declared width x height; 0 = the largest RGBA PNG the decode budget fits, <= 64 M"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="upload + inference; 408/503 after it")
 
     # Micro-batching: 0 ms wait batches only what queued while the previous batch ran.
@@ -49,6 +59,10 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     max_queue_images: int = Field(64, ge=1, description="beyond this, 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
+
+    # Drift: served inputs against the training profile in the model card (GET /metrics).
+    drift_window_images: int = Field(1000, ge=10, description="served images the drift metrics look back over")
+    near_threshold_margin: float = Field(0.1, gt=0, lt=1, description="|p - threshold| counted as 'near'")
 
     # onnxruntime: 0 threads means the CPUs this container may use (cgroup quota and affinity).
     ort_intra_op_threads: int = Field(0, ge=0)
@@ -59,6 +73,12 @@ class Settings(BaseSettings):
     ort_cpu_mem_arena: bool = Field(True, description="reuse activation buffers between batches")
     ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
     decode_threads: int = Field(0, ge=0, description="0 means the available CPUs")
+
+    # Decoding memory (issue 12; service/decode_memory.py): 0 = a share of the container's memory limit.
+    decode_memory_budget_bytes: int = Field(0, ge=0, description="sum of admitted decode estimates; 0 = auto")
+    decode_memory_wait_s: float = Field(
+        2.0, ge=0, description="how long a decode may wait for budget (never past the request deadline), then 503"
+    )
 
     # Security: no CORS origin and no key unless configured.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -81,7 +101,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "model_dir", "threshold", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.model import Classifier
+from service.pipeline import ServedModel
 from service.schemas import ModelRef, Prediction, PredictResponse
 
+# On every answer that comes from (or vouches for) a model: which version it was, without parsing the body.
+VERSION_HEADER = "X-Model-Version"
 
-def encode(classifier: Classifier, names: Sequence[str | None], probabilities: Sequence[float]) -> PredictResponse:
+
+def encode(
+    model: ServedModel, names: Sequence[str | None], probabilities: Sequence[float], threshold: float
+) -> PredictResponse:
     """One prediction per image, in order; `names` are the client's file names (None where it sent none)."""
+    classifier = model.classifier
     negative, positive = classifier.metadata.class_names
-    threshold = classifier.metadata.threshold
     return PredictResponse(
-        model=ModelRef(id=classifier.model_id, name=classifier.metadata.name),
+        model=ModelRef(id=classifier.model_id, name=classifier.metadata.name, version=model.version),
         threshold=threshold,
         predictions=[
             Prediction(

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from service.failures import BusyError, NotReadyError, ServiceError
+from service.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError
 from service.preprocessing import ImageError, ImageTooLargeError, UndecodableImageError, UnsupportedImageFormatError
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
     (ImageError, 400),
     (BusyError, 503),
     (NotReadyError, 503),
+    (ReloadRefusedError, 409),
 )
 # Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
 RETRYABLE = frozenset({503})
@@ -51,6 +53,21 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, request.app.state.settings.retry_after_s)
 
 
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """FastAPI's list of problems as one sentence, so every 4xx body is `{"detail": "<text>"}`."""
+    problems = []
+    for error in exc.errors():
+        where, *path = error.get("loc", ()) or ("request",)
+        name = ".".join(map(str, path)) or str(where)
+        problems.append(f"{where} parameter '{name}': {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "the request is invalid"
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, status_code=500)
@@ -64,6 +81,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ImageError, _domain_error)
     app.add_exception_handler(ServiceError, _domain_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from service.failures import BusyError
 from service.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
-    from service.pipeline import Pipeline
+    from service.pipeline import Pipeline, ServedModel
 
 DEFAULT_PATCH: Final = 20
 DEFAULT_STRIDE: Final = 10
@@ -164,26 +165,36 @@ def explain_with(
     )
 
 
-async def explain(pipeline: Pipeline, image: np.ndarray, grid: OcclusionGrid, deadline: float) -> Explanation:
+async def explain(
+    pipeline: Pipeline, image: np.ndarray, grid: OcclusionGrid, deadline: float
+) -> tuple[Explanation, ServedModel]:
     """In the service: every copy goes through the pipeline's micro-batcher, a small chunk at a time.
 
     The batcher is first-come first-served, so chunks of EXPLAIN_CHUNK_IMAGES (at most MAX_BATCH_SIZE),
     each submitted only after the previous one is answered, mean a /predict request arriving meanwhile
     waits behind at most one chunk per explanation in flight, and an explanation never holds more than
     one chunk of queue slots (it cannot fill the queue and make /predict answer 503 by itself).
-    A full queue or a passed deadline raises the pipeline's BusyError, like /predict.
+    A full queue or a passed deadline raises the pipeline's BusyError, like /predict; so does a newer
+    model version taking over mid-way (a map must come from one model). Only the uploaded image counts
+    in the drift metrics, not the copies made of it.
     """
     settings = pipeline.settings
     chunk = max(1, min(settings.explain_chunk_images, settings.max_batch_size, settings.max_queue_images))
     start = time.perf_counter()
+    base = await pipeline.predict_with_model([image], deadline)
     copies = grid.occluded(image)
-    batch = [image, *copies]
     probabilities: list[float] = []
-    for i in range(0, len(batch), chunk):
-        probabilities.extend(await pipeline.predict(batch[i : i + chunk], deadline))
-    card = pipeline.classifier.metadata
+    for i in range(0, len(copies), chunk):
+        answer = await pipeline.predict_with_model(list(copies[i : i + chunk]), deadline, served_inputs=False)
+        if answer.model is not base.model:
+            raise BusyError(
+                f"the service is busy: model version {answer.model.version} took over from {base.model.version} "
+                f"during the explanation; retry after {settings.retry_after_s} s"
+            )
+        probabilities.extend(answer.probabilities)
+    card = base.model.classifier.metadata
     result = Explanation.from_probabilities(
-        image, grid, probabilities[0], probabilities[1:], card.threshold, card.class_names
+        image, grid, base.probabilities[0], probabilities, pipeline.threshold(), card.class_names
     )
     pipeline.metrics.observe_explanation(len(copies), time.perf_counter() - start)
-    return result
+    return result, base.model

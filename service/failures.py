@@ -17,3 +17,7 @@ class BusyError(ServiceError):
 
 class NotReadyError(ServiceError):
     """The model is not loaded and warmed yet, or the service is shutting down."""
+
+
+class ReloadRefusedError(ServiceError):
+    """A newer model version failed its checks (or there is nothing to reload); the old one keeps serving."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,9 +15,11 @@ class BodyTooLargeError(Exception):
 class BodySizeLimit:
     """Pure ASGI, so a too-large upload is refused before it is buffered anywhere."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, error_key_for: Callable[[str], str] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Each protocol names its error field: `detail` for /predict, `error` for the V2 protocol's paths.
+        self._error_key_for = error_key_for or (lambda path: "detail")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -24,7 +27,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         received = 0
         started = False
@@ -48,12 +51,11 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"the request body is larger than {self.max_body_bytes} bytes"}
-        ).encode()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        key = self._error_key_for(scope.get("path", ""))
+        body = json.dumps({key: f"the request body is larger than {self.max_body_bytes} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.input_stats import InputProfile
+
 CARD_SUFFIX = ".json"
 
 
@@ -58,6 +60,7 @@ class HeldOutMetrics(_Open):
 
 class ModelCard(_Open):
     name: str = "model"
+    version: str | None = Field(None, description="the model's own version; MODEL_DIR's folder name wins")
     class_names: tuple[str, str] = Field(description="negative class first, then the positive one")
     threshold: float = Field(0.5, ge=0, le=1, description="probability at or above which the label is positive")
     sha256: str | None = Field(None, description="of the .onnx file; the service refuses a file that differs")
@@ -65,6 +68,9 @@ class ModelCard(_Open):
     output: TensorSpec
     dataset: DatasetCard | None = None
     test_metrics: HeldOutMetrics | None = None
+    input_statistics: InputProfile | None = Field(
+        None, description="training inputs' gray-level statistics; the service's drift metrics compare with them"
+    )
 
 
 def card_path_for(model_path: Path) -> Path:
@@ -90,3 +96,13 @@ def write_model_card(path: Path, card: ModelCard) -> Path:
     """Validated before it is written, so a card the service would refuse is never produced."""
     path.write_text(json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
     return path
+
+
+def update_model_card(path: Path, **sections: BaseModel) -> ModelCard:
+    """Sets these sections of an existing card and keeps every other field as written, in its order."""
+    read_model_card(path)  # the same errors as at start-up for a missing or broken card
+    raw = json.loads(path.read_text())
+    raw.update({name: section.model_dump(mode="json") for name, section in sections.items()})
+    updated = ModelCard.model_validate(raw)
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    return updated

@@ -11,7 +11,7 @@ import warnings
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 INPUT_SIZE: Final = (100, 100)
 # Named on purpose: Pillow's resize defaults to bicubic, Keras' loaders to bilinear.
@@ -81,29 +81,61 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise UndecodableImageError("the image has no pixels")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+            "(MAX_PIXELS, by default what the memory allows): send it downscaled"
         )
     return image
 
 
-def _to_grayscale(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # convert("L") would clip 16-bit values at 255 instead of scaling them. One float32 array, changed
-        # in place: a 64-megapixel upload stays at ~256 MB here, not gigabytes of float64 temporaries, and
-        # float32 rounds every 16-bit level to the same gray level as float64 (no v/257 is near a .5 tie).
+WIDE_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Every conversion step is per pixel, so it runs on horizontal strips of about this many pixels: the
+# full-size RGBA copies, composite and float32 array (~20 bytes per pixel, 1.2 GB for one 64 MP RGBA
+# PNG before issue 12) shrink to ~6 MB per strip, and the tensor stays byte-identical.
+STRIP_PIXELS: Final = 1 << 18
+# Pillow's own map (ImageOps.exif_transpose), applied here to the gray image rather than the decoded
+# one: a transpose of a full-colour 64 MP image is another 256 MB, of the gray one 64 MB.
+EXIF_TRANSPOSE: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+EXIF_ORIENTATION: Final = 0x0112
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def _scales_16_bit(image: Image.Image) -> bool:
+    """Whether wide values are scaled by 255/65535; decided once for the whole image, not per strip."""
+    if image.mode.startswith("I;16"):
+        return True
+    if image.mode == "I":
+        # The extreme of the whole image, without a float copy of it (same answer as a float32 max).
+        return max(image.getextrema()[1], 0) > 255
+    return False
+
+
+def _gray_pixels(image: Image.Image, scale_16_bit: bool) -> Image.Image:
+    """One strip (or a small image) -> 8-bit gray. Every step is per pixel."""
+    if image.mode in WIDE_MODES:
+        # convert("L") would clip 16-bit values at 255 instead of scaling them. float32 rounds every
+        # 16-bit level to the same gray level as float64 (no v/257 is near a .5 tie).
         wide = np.array(image, dtype=np.float32)
         if image.mode == "F":
             # NaN has no gray level (casting it is undefined); a corrupt float TIFF can hold it.
             np.nan_to_num(wide, copy=False, nan=0.0)
-        if image.mode.startswith("I;16") or (image.mode == "I" and wide.max(initial=0) > 255):
+        if scale_16_bit:
             wide *= np.float32(255.0 / 65535.0)
         np.rint(wide, out=wide)
         np.clip(wide, 0, 255, out=wide)
         return Image.fromarray(wide.astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         ground = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
         image = Image.alpha_composite(ground, rgba)
@@ -112,20 +144,105 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def preprocess_image(image: Image.Image) -> np.ndarray:
-    """An opened Pillow image -> float32 array (100, 100, 1) of raw 0-255 gray levels."""
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    scale_16_bit = _scales_16_bit(image)
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // width)
+    if rows >= height:
+        return _gray_pixels(image, scale_16_bit)
+    gray = Image.new("L", image.size)
+    for top in range(0, height, rows):
+        # crop() keeps the palette and info (transparency), so each strip converts like the whole.
+        strip = image.crop((0, top, width, min(top + rows, height)))
+        gray.paste(_gray_pixels(strip, scale_16_bit), (0, top))
+    return gray
+
+
+def _draft(image: Image.Image) -> None:
     if image.format in ("JPEG", "MPO"):
         # DCT-domain downscaling: a 12 MP photo decodes at 1/8 scale for a fraction of the cost.
+        # Pillow applies only the first call, so estimating and decoding may both ask.
         image.draft(image.mode, (JPEG_DRAFT_MIN_SIDE, JPEG_DRAFT_MIN_SIDE))
+
+
+def preprocess_image(image: Image.Image) -> np.ndarray:
+    """An opened Pillow image -> float32 array (100, 100, 1) of raw 0-255 gray levels."""
+    _draft(image)
     try:
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # The orientation is applied to the gray image: conversion is per pixel, so the order does
+        # not change the tensor, only the size of the copy.
+        transpose = EXIF_TRANSPOSE.get(image.getexif().get(EXIF_ORIENTATION, 1))
         gray = _to_grayscale(image)
+        if transpose is not None:
+            gray = gray.transpose(transpose)
         resized = gray.resize(INPUT_SIZE, RESIZE_FILTER)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise UndecodableImageError(f"the image data is truncated or corrupt ({exc})") from exc
     return np.asarray(resized, dtype=np.float32)[:, :, np.newaxis]
+
+
+# Bytes per pixel of Pillow's storage: 1 for "1", "L", "P", 2 for 16-bit, 4 for every other mode
+# (RGB and LA included: Pillow pads them to 32 bits).
+_STORAGE_BYTES: Final = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# What one strip costs at most: its crop (4), RGBA copy (4), black ground (4), composite (4), RGB (4) and
+# gray (1); the 16-bit path needs less (crop, tobytes, float32, uint8).
+STRIP_BYTES_PER_PIXEL: Final = 24
+# Decoder state, allocator rounding, thread stack: the formula alone came within 2 % of the measured peak
+# (EXIF-rotated 64 MP RGBA PNG: 386 MB of 394 MB), so 1/16 more plus 8 MB (BENCHMARKS.md).
+DECODE_OVERHEAD_BYTES: Final = 8 * 1024 * 1024
+
+
+def _storage_bytes(mode: str) -> int:
+    return _STORAGE_BYTES.get(mode, 4)
+
+
+def _jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """libjpeg keeps every DCT coefficient (2 bytes each) at full size for a progressive or multi-scan file,
+    whatever the draft scale; the header cannot say which, so it is always counted."""
+    width, height = image.size
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    padded = (width + 8 * h_max) * (height + 8 * v_max)
+    return sum(2 * padded * h * v // (h_max * v_max) for _, h, v, _ in layers)
+
+
+def _decoder_bytes(image: Image.Image) -> int:
+    """Buffers a decoder holds beside Pillow's image, from the header (before the JPEG draft)."""
+    pixels = image.size[0] * image.size[1]
+    if image.format in ("JPEG", "MPO"):
+        return _jpeg_coefficient_bytes(image)
+    if image.format == "WEBP":
+        # libwebp decodes into its own RGBA buffer, copied to a canvas (measured: 3 x 4 bytes per pixel).
+        return 3 * 4 * pixels
+    if image.format == "TIFF":
+        # libtiff reads a whole strip or tile; one strip may be the whole image.
+        return pixels * _storage_bytes(image.mode)
+    if image.format == "BMP":
+        # The RLE decoder collects the whole image in a bytearray, then copies it.
+        return 2 * pixels * _storage_bytes(image.mode)
+    # PNG and GIF decode row by row.
+    return 0
+
+
+def estimate_decode_bytes(image: Image.Image) -> int:
+    """An upper bound of the memory preprocess_image(image) needs at its peak, from the header alone.
+
+    Follows preprocess_image: the decoder's buffers, the decoded image in Pillow's storage (at the JPEG
+    draft scale, which this applies, as preprocess_image would), one strip's conversions, the gray image
+    and its transposed copy (the EXIF orientation may only be known after decoding). The tests measure
+    the real peak RSS of every mode against it.
+    """
+    decoder = _decoder_bytes(image)
+    _draft(image)
+    width, height = image.size
+    pixels = width * height
+    decoded = pixels * _storage_bytes(image.mode)
+    strip = min(pixels, max(STRIP_PIXELS, width)) * STRIP_BYTES_PER_PIXEL
+    total = decoder + decoded + strip + 2 * pixels
+    return total + total // 16 + DECODE_OVERHEAD_BYTES
 
 
 def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

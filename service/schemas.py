@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 class ModelRef(BaseModel):
     id: str = Field(description="sha256 of the ONNX file that answered")
     name: str
+    version: str = Field(description="the version that answered: MODEL_DIR's folder name, else the card's, else 1")
 
 
 class Prediction(BaseModel):
@@ -19,7 +20,7 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model: ModelRef
-    threshold: float
+    threshold: float = Field(description="the threshold the labels used: the request's, THRESHOLD's or the model's")
     predictions: list[Prediction] = Field(description="one per image, in upload order")
 
 
@@ -29,3 +30,9 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class ReloadResponse(BaseModel):
+    previous: str = Field(description="the version that served before the call")
+    serving: str = Field(description="the version that answers new requests now")
+    swapped: bool = Field(description="false when no newer version was found")

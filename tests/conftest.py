@@ -28,7 +28,7 @@ def make_client(tiny_model_path: Path) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def make(**overrides: object) -> TestClient:
-        settings = Settings(model_path=tiny_model_path, **{k.lower(): v for k, v in overrides.items()})
+        settings = Settings(**{"model_path": tiny_model_path, **{k.lower(): v for k, v in overrides.items()}})
         client = TestClient(create_app(settings))
         client.__enter__()
         opened.append(client)

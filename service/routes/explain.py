@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.deps import PipelineDep
+from service.encoding import VERSION_HEADER
 from service.explain import (
     DEFAULT_PATCH,
     DEFAULT_STRIDE,
@@ -21,7 +23,7 @@ from service.explain import (
 from service.explain_render import SCALE, input_png, render_png
 from service.pipeline import Pipeline
 from service.routes.predict import _errors as predict_errors
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, ModelRef
 from service.security import require_api_key
 from service.uploads import read_uploads
 
@@ -46,12 +48,6 @@ _errors = {
     422: "patch/stride out of range or over EXPLAIN_MAX_OCCLUSIONS copies, no 'file' field, or more than one file",
 }
 _png = {"content": {"image/png": {}}}
-
-
-class ParameterError(BaseModel):
-    detail: str | list[dict[str, Any]] = Field(
-        description="a message, or FastAPI's list of query-parameter errors (patch/stride not an integer in range)"
-    )
 
 
 class GridInfo(BaseModel):
@@ -79,6 +75,7 @@ class Strongest(BaseModel):
 
 
 class ExplainResponse(BaseModel):
+    model: ModelRef
     filename: str | None
     label: str = Field(description="predicted class at the model's threshold")
     probability: float = Field(description="probability of the positive class, unoccluded")
@@ -114,7 +111,6 @@ def _wants_png(request: Request, format: str | None) -> bool:
     responses={
         200: {**_png, "description": f"JSON, or with Accept: image/png or ?format=png a PNG ({SCALE}x upscaled)"},
         **{code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
-        422: {"model": ParameterError, "description": _errors[422]},
     },
     openapi_extra={"requestBody": _one_image_body},
     dependencies=[Depends(require_api_key)],
@@ -127,7 +123,7 @@ async def explain_image(
         DEFAULT_STRIDE
     ),
     format: Annotated[Literal["json", "png"] | None, Query(description="overrides the Accept header")] = None,
-) -> Response | ExplainResponse:
+) -> Response:
     """Occlusion map for one image: how much the predicted class's probability drops where a gray patch hides it."""
     try:
         grid = OcclusionGrid.checked(patch, stride, pipeline.settings.explain_max_occlusions)
@@ -135,13 +131,23 @@ async def explain_image(
         raise HTTPException(422, str(exc)) from exc
     deadline = pipeline.deadline()
     name, array = await _one_image(request, pipeline, deadline)
-    result = await explain(pipeline, array, grid, deadline)
-    threshold = pipeline.classifier.metadata.threshold
+    result, model = await explain(pipeline, array, grid, deadline)
+    threshold = pipeline.threshold()
+    headers = {VERSION_HEADER: model.version}
     if _wants_png(request, format):
         loop = asyncio.get_running_loop()
         png = await loop.run_in_executor(pipeline.decoder, render_png, result, threshold)
-        return Response(png, media_type="image/png")
-    return ExplainResponse.model_validate({"filename": name, "threshold": threshold, **result.as_dict()})
+        return Response(png, media_type="image/png", headers=headers)
+    classifier = model.classifier
+    body = ExplainResponse.model_validate(
+        {
+            "model": ModelRef(id=classifier.model_id, name=classifier.metadata.name, version=model.version),
+            "filename": name,
+            "threshold": threshold,
+            **result.as_dict(),
+        }
+    )
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
 @router.post(

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import PipelineDep, ready_pipeline
+from service.encoding import VERSION_HEADER
 from service.errors import retry_headers
 from service.schemas import ErrorResponse, Health
 
@@ -24,16 +25,23 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Response:
     """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
-    if ready_pipeline(request) is None:
+    pipeline = ready_pipeline(request)
+    if pipeline is None:
         headers = retry_headers(request.app.state.settings.retry_after_s)
         return JSONResponse({"detail": "the model is not ready"}, status_code=503, headers=headers)
-    return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "ready"}, headers={VERSION_HEADER: pipeline.model.version})
 
 
 @router.get("/model", responses={503: {"model": ErrorResponse}})
 async def model(pipeline: PipelineDep) -> dict[str, Any]:
-    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256."""
-    return pipeline.classifier.describe()
+    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256; the version
+    that answers, the threshold in effect (THRESHOLD's, else the model's) and the decode limits."""
+    return {
+        **pipeline.classifier.describe(),
+        "version": pipeline.model.version,
+        "effective_threshold": pipeline.threshold(),
+        "limits": pipeline.limits.as_dict(),
+    }
 
 
 @router.get("/metrics", response_class=Response)

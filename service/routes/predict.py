@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from service.deps import PipelineDep
-from service.encoding import encode
+from service.encoding import VERSION_HEADER, encode
 from service.schemas import ErrorResponse, PredictResponse
 from service.security import require_api_key
 from service.uploads import read_uploads
@@ -18,10 +19,10 @@ _errors = {
     400: "not a decodable image (empty, truncated, garbage) or a malformed multipart body",
     401: "API_KEY is set and X-API-Key is missing or wrong",
     408: "the upload took longer than REQUEST_TIMEOUT_S",
-    413: "body, file or declared pixel count over the limit",
+    413: "body, file or declared pixel count over the limit, or one image needs more than the decode memory budget",
     415: "unsupported Content-Type or image format",
-    422: "no 'file'/'files' field, an unexpected field, or too many files",
-    503: "overloaded or not ready; retry after the Retry-After header's seconds",
+    422: "no 'file'/'files' field, an unexpected field, too many files, or a threshold outside 0..1",
+    503: "overloaded (queue or decode memory budget full) or not ready; retry after the Retry-After header's seconds",
 }
 _binary = {"type": "string", "format": "binary"}
 # The body is parsed by hand (three shapes share one route), so its schema is stated here for /docs.
@@ -52,7 +53,14 @@ _request_body = {
     openapi_extra={"requestBody": _request_body},
     dependencies=[Depends(require_api_key)],
 )
-async def predict(request: Request, pipeline: PipelineDep) -> PredictResponse:
+async def predict(
+    request: Request,
+    response: Response,
+    pipeline: PipelineDep,
+    threshold: Annotated[
+        float | None, Query(ge=0, le=1, description="this request's decision threshold (default: the service's)")
+    ] = None,
+) -> PredictResponse:
     """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
     deadline = pipeline.deadline()
     settings = pipeline.settings
@@ -61,5 +69,7 @@ async def predict(request: Request, pipeline: PipelineDep) -> PredictResponse:
             images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
     except TimeoutError as exc:
         raise HTTPException(408, f"the upload did not arrive within {settings.request_timeout_s:g} s") from exc
-    probabilities = await pipeline.classify(images, deadline)
-    return encode(pipeline.classifier, [image.name for image in images], probabilities)
+    answer = await pipeline.answer(images, deadline)
+    names = [image.name for image in images]
+    response.headers[VERSION_HEADER] = answer.model.version
+    return encode(answer.model, names, answer.probabilities, pipeline.threshold(threshold))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.servers import wait_until_ready
 from service.app import create_app
 from service.config import Settings
-from tests import readiness
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 pytestmark = pytest.mark.docker
@@ -67,7 +70,7 @@ class Container:
         def exited() -> str | None:
             return None if self.state("Running") == "true" else f"the container exited with {self.state('ExitCode')}"
 
-        why = readiness.wait_ready(self.url, exited, READY_TIMEOUT_S, interval_s=0.5)
+        why = wait_until_ready(self.url, exited, READY_TIMEOUT_S, interval_s=0.5)
         if why is not None:
             pytest.fail(f"{why}:\n{self.logs()}")
 
@@ -302,5 +305,85 @@ def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
         assert card["name"] == "tiny-test-model"
         with TestClient(create_app(Settings(model_path=mounted_model))) as in_process:
             assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
+    finally:
+        docker("rm", "--force", container.id, check=False)
+
+
+# --- Issue 12: one small upload must not kill the service --------------------------------------------------
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def uniform_png(width: int, height: int, color_type: int, bit_depth: int, pixel: bytes) -> bytes:
+    """A uniform PNG built row by row with zlib: 64 M pixels in a few hundred KB, in a few seconds."""
+    row = b"\0" + pixel * width
+    deflate = zlib.compressobj(9)
+    data = b"".join([*(deflate.compress(row) for _ in range(height)), deflate.flush()])
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def huge_pngs() -> dict[str, bytes]:
+    """The issue's upload (265 KB, 8000x7999 RGBA, nearly opaque) and a 64 MP 16-bit gray one (135 KB)."""
+    return {
+        "rgba.png": uniform_png(8000, 7999, 6, 8, bytes([200, 10, 10, 254])),
+        "gray16.png": uniform_png(8000, 8000, 0, 16, b"\x80\x00"),
+    }
+
+
+def flood(url: str, huge: dict[str, bytes], concurrent: int) -> tuple[list[httpx.Response], list[int]]:
+    """`concurrent` huge uploads at once, while two clients keep sending a small cell image."""
+    names = list(huge)
+    answers: list[httpx.Response] = []
+    small: list[int] = []
+    done = threading.Event()
+
+    def send_huge(i: int) -> None:
+        name = names[i % len(names)]
+        answers.append(httpx.post(f"{url}/predict", files={"file": (name, huge[name], "image/png")}, timeout=60))
+
+    def send_small() -> None:
+        cell = {"file": ("cell.png", sample_png(), "image/png")}
+        with httpx.Client(timeout=60) as client:
+            while not done.is_set():
+                small.append(client.post(f"{url}/predict", files=cell).status_code)
+
+    small_clients = [threading.Thread(target=send_small) for _ in range(2)]
+    huge_clients = [threading.Thread(target=send_huge, args=(i,)) for i in range(concurrent)]
+    for thread in small_clients + huge_clients:
+        thread.start()
+    for thread in huge_clients:
+        thread.join(90)
+    done.set()
+    for thread in small_clients:
+        thread.join(90)
+    return answers, small
+
+
+@pytest.mark.parametrize("memory", ["1g", "512m"])
+def test_sixteen_64_megapixel_uploads_cannot_oom_kill_a_small_container(
+    image: str, huge_pngs: dict[str, bytes], memory: str
+) -> None:
+    container = run_container("--cpus", "2", "--memory", memory)
+    try:
+        container.wait_ready()
+        answers, small = flood(container.url, huge_pngs, concurrent=16)
+        statuses = Counter(answer.status_code for answer in answers)
+        logs = container.logs()
+
+        assert container.state("OOMKilled") == "false", logs
+        assert container.state("Running") == "true", logs
+        assert len(answers) == 16
+        assert set(statuses) <= {200, 413, 503}, [answer.text for answer in answers]
+        assert all(answer.headers.get("Retry-After") for answer in answers if answer.status_code == 503)
+        assert small, "no small request was answered"
+        assert set(small) == {200}, Counter(small)
+        assert httpx.get(f"{container.url}/readyz", timeout=5).status_code == 200
+        limits = httpx.get(f"{container.url}/model", timeout=5).json()["limits"]
+        assert limits["memory_bytes"] == {"1g": 1024**3, "512m": 512 * 1024**2}[memory]
+        assert "limits {" in logs
     finally:
         docker("rm", "--force", container.id, check=False)

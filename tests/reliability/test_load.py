@@ -61,12 +61,14 @@ def test_overload_is_answered_with_503_and_retry_after_and_passes_by_itself(
 
 @pytest.mark.soak
 @pytest.mark.timeout(300)
-def test_a_30_second_soak_has_no_5xx_no_unexpected_answers_and_flat_memory(tmp_path: Path) -> None:
+def test_a_30_second_soak_has_no_5xx_no_unexpected_answers_and_flat_memory(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     report_path = tmp_path / "soak.json"
     completed = subprocess.run(
         [
-            sys.executable, "-m", "bench.soak", "--model", "tiny", "--duration", "30", "--connections", "16",
-            "--warmup", "8", "--json", str(report_path), "--log", str(tmp_path / "server.log"),
+            sys.executable, "-m", "bench.soak", "--model", str(tiny_model_path), "--duration", "30",
+            "--connections", "16", "--warmup", "8", "--json", str(report_path), "--log", str(tmp_path / "server.log"),
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=290, check=False,
     )  # fmt: skip

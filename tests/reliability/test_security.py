@@ -9,10 +9,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import pipeline as pipeline_module
+from service import decode_memory as decode_memory_module
 from service.app import create_app
 from service.config import Settings
+from service.decode_memory import decode_limits
 from service.deps import get_pipeline
+from service.memory import available_memory
 from tests.reliability.samples import valid_images
 
 PNG = valid_images()["png-gray"]
@@ -32,7 +34,10 @@ def test_upload_limits_are_on_by_default() -> None:
     settings = Settings()
     assert 0 < settings.max_file_bytes <= settings.max_body_bytes <= 256 * 1024 * 1024
     assert 1 <= settings.max_files <= 64
-    assert 0 < settings.max_pixels <= 100_000_000
+    # MAX_PIXELS and the decode memory budget default to 0 = follow the container's memory (issue 12).
+    limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
+    assert 0 < limits.max_pixels <= 100_000_000
+    assert limits.decode_memory_budget_bytes > 0
     assert 0 < settings.request_timeout_s <= 120
     assert 0 < settings.max_queue_images <= 1024
     assert 0 < settings.graceful_shutdown_s <= 60
@@ -138,10 +143,10 @@ def test_an_unexpected_error_while_decoding_is_a_generic_500(
 ) -> None:
     _, client = unguarded
 
-    def broken(data: bytes, max_pixels: int) -> None:
+    def broken(image: object) -> None:
         raise KeyError("/home/deploy/.cache/pillow-plugin")
 
-    monkeypatch.setattr(pipeline_module, "preprocess_bytes", broken)
+    monkeypatch.setattr(decode_memory_module, "preprocess_image", broken)
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/home/deploy", "KeyError")
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import image_bytes
-from tests.service.helpers import gray_png, multipart_body, png_claiming
+from tests.service.helpers import gray_png, metric, multipart_body, png_claiming
 
 
 def assert_error(response: httpx.Response, status: int, match: str) -> None:
@@ -103,6 +103,9 @@ def test_predict_rejects_a_body_over_max_body_bytes_with_413(small_limits_client
     assert_error(post_raw(small_limits_client, b"\x00" * 4001), 413, "request body is larger than 4000 bytes")
     uploads = [("files", (f"{i}.png", b"\x00" * 1000, "image/png")) for i in range(5)]
     assert_error(small_limits_client.post("/predict", files=uploads), 413, "larger than 4000 bytes")
+    # Refused from Content-Length before routing, yet counted under the route it was sent to.
+    assert metric(small_limits_client, "http_requests_total", route="/predict", method="POST", status="413") == 2
+    assert metric(small_limits_client, "http_requests_total", route="unmatched", method="POST", status="413") == 0
 
 
 def test_predict_rejects_a_streamed_body_over_max_body_bytes_without_content_length(

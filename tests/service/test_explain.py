@@ -156,23 +156,19 @@ def test_grid_refuses_out_of_range_sizes(patch: int, stride: int, message: str) 
 
 
 @pytest.mark.parametrize(
-    ("query", "field", "message"),
+    ("query", "message"),
     [
-        ("?patch=0", "patch", "Input should be greater than or equal to 1"),
-        ("?patch=101", "patch", "Input should be less than or equal to 100"),
-        ("?stride=0", "stride", "Input should be greater than or equal to 1"),
-        ("?patch=big", "patch", "Input should be a valid integer"),
-        ("?format=jpeg", "format", "Input should be 'json' or 'png'"),
+        ("?patch=0", "query parameter 'patch': Input should be greater than or equal to 1"),
+        ("?patch=101", "query parameter 'patch': Input should be less than or equal to 100"),
+        ("?stride=0", "query parameter 'stride': Input should be greater than or equal to 1"),
+        ("?patch=big", "query parameter 'patch': Input should be a valid integer"),
+        ("?format=jpeg", "query parameter 'format': Input should be 'json' or 'png'"),
     ],
 )
-def test_explain_refuses_out_of_range_parameters_with_422(
-    client: TestClient, query: str, field: str, message: str
-) -> None:
+def test_explain_refuses_out_of_range_parameters_with_422(client: TestClient, query: str, message: str) -> None:
     response = post_explain(client, gray_png(100), query)
     assert response.status_code == 422
-    (error,) = response.json()["detail"]
-    assert error["loc"] == ["query", field]
-    assert error["msg"].startswith(message)
+    assert response.json()["detail"].startswith(message)
 
 
 def test_explain_refuses_a_grid_over_the_cap_with_422_naming_it(client: TestClient) -> None:
@@ -275,11 +271,16 @@ def test_preprocess_returns_exactly_the_model_input(client: TestClient) -> None:
 
 
 def test_explanations_are_counted_apart_from_predictions(client: TestClient) -> None:
-    assert post_explain(client, gray_png(100)).status_code == 200
+    response = post_explain(client, gray_png(100))
+    assert response.status_code == 200
     assert metric(client, "explanations_total") == 1
     assert metric(client, "explanation_images_total") == 81
     assert metric(client, "explanation_duration_seconds_count") == 1
     assert metric(client, "http_requests_total", route="/explain", method="POST", status="200") == 1
+    # Only the uploaded image is a served input for the drift metrics; the 81 copies are not.
+    assert metric(client, "input_mean_gray_level_count") == 1
+    # The version that answered, as /predict states it.
+    assert response.headers["x-model-version"] == response.json()["model"]["version"] == "1"
 
 
 def test_explanation_chunks_never_exceed_the_batch_size_and_predictions_go_between_them(

@@ -1,10 +1,8 @@
-"""`python -m service` for real: uvicorn in a subprocess on 127.0.0.1, stopped with SIGTERM."""
+"""`python -m service` for real: uvicorn in a subprocess on 127.0.0.1, stopped with SIGTERM; and the one
+start-up path (settings read once, the model loaded once, nothing at import)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,64 +10,74 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests import readiness
+import service.__main__ as entry
+from bench.servers import REPO_ROOT, Server, service_spec
+from service.model import Classifier
 from tests.service.helpers import expected_probability, gray_png
 
-START_TIMEOUT_S = 90.0  # seconds when idle; a loaded box can take far longer to import onnxruntime
 STOP_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def server(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_PATH": str(tiny_model_path),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "info",
-        "GRACEFUL_SHUTDOWN_S": "5",
-    }
-    log_path = tmp_path / "server.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
-    )
-    try:
-        yield process, f"http://127.0.0.1:{port}", log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+def server(tiny_model_path: Path, tmp_path: Path) -> Iterator[Server]:
+    spec = service_spec("server", tiny_model_path, {"LOG_LEVEL": "info", "GRACEFUL_SHUTDOWN_S": "5"})
+    # Generous: a loaded box can take far longer than the usual seconds to import onnxruntime.
+    with Server(spec, tmp_path, ready_timeout_s=90.0) as running:
+        yield running
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    def exited() -> str | None:
-        return None if process.poll() is None else f"the server exited with {process.returncode}"
-
-    why = readiness.wait_ready(url, exited, START_TIMEOUT_S)
-    if why is not None:
-        pytest.fail(why)
-
-
-def test_server_answers_a_png_and_exits_cleanly_on_sigterm(
-    server: tuple[subprocess.Popen[bytes], str, Path],
-) -> None:
-    process, url, log_path = server
-    wait_ready(process, url)
+def test_server_answers_a_png_and_exits_cleanly_on_sigterm(server: Server) -> None:
     data = gray_png(180)
-    response = httpx.post(f"{url}/predict", files={"file": ("cell.png", data, "image/png")}, timeout=10.0)
+    response = httpx.post(f"{server.url}/predict", files={"file": ("cell.png", data, "image/png")}, timeout=10.0)
     assert response.status_code == 200
     assert response.json()["predictions"][0]["probability"] == pytest.approx(expected_probability(data), abs=1e-6)
     assert "server" not in response.headers
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=STOP_TIMEOUT_S) == 0
-    assert "Application shutdown complete" in log_path.read_text()
+    assert server.terminate(timeout_s=STOP_TIMEOUT_S) == 0
+    assert "Application shutdown complete" in server.log
+
+
+def test_starting_the_service_loads_the_model_exactly_once(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[Path] = []
+    real_load = Classifier.load.__func__  # type: ignore[attr-defined]
+
+    def counting_load(cls: type[Classifier], model_path: Path, *args: object) -> Classifier:
+        loads.append(model_path)
+        return real_load(cls, model_path, *args)
+
+    def serve_once(app: object, **options: object) -> None:
+        # Stands in for uvicorn.run: runs the lifespan and one request, as uvicorn would.
+        with TestClient(app) as client:  # type: ignore[arg-type]
+            assert client.get("/readyz").status_code == 200
+
+    monkeypatch.setattr(Classifier, "load", classmethod(counting_load))
+    monkeypatch.setattr(entry.uvicorn, "run", serve_once)
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_path))
+    entry.main()
+    assert loads == [tiny_model_path]
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+
+def test_importing_the_app_reads_no_settings_and_loads_no_model() -> None:
+    # Settings that would fail validation: an import that read them would raise.
+    result = _run_python("import service.app, service.__main__", PORT="not-a-port", MODEL_PATH="/nonexistent.onnx")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "module", ["service.pipeline", "service.batching", "service.preprocessing", "service.model", "service.metrics"]
+)
+def test_the_request_pipeline_imports_no_web_framework(module: str) -> None:
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')))"
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,111 @@
+"""Statistics of model inputs, the same for training and serving, and their drift.
+
+Two numbers per preprocessed image (its mean gray level and its contrast, the standard deviation of its gray
+levels) are binned on fixed edges. Training stores the distribution of its own inputs in the model card
+(`input_statistics`); the service keeps the same bins over a sliding window of what it is sent and compares
+them with the population stability index (PSI), the drift score credit-risk teams use: 0.1-0.25 is a shift
+worth a look, above 0.25 a different population.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+Statistic = Literal["mean_gray", "contrast"]
+STATISTICS: Final[tuple[Statistic, ...]] = ("mean_gray", "contrast")
+# Gray levels are 0-255; a standard deviation of gray levels cannot exceed 127.5.
+EDGES: Final[dict[Statistic, tuple[float, ...]]] = {
+    "mean_gray": tuple(np.linspace(0, 256, 17).tolist()),
+    "contrast": tuple(np.linspace(0, 128, 17).tolist()),
+}
+# Keeps an empty bin from making the index infinite; 1e-4 is the customary floor.
+PSI_FLOOR: Final = 1e-4
+
+
+class Distribution(BaseModel):
+    edges: list[float]
+    fractions: list[float] = Field(description="share of images per bin; sums to 1")
+
+
+class InputProfile(BaseModel):
+    """The model card's `input_statistics`: how the training inputs were distributed."""
+
+    images: int
+    mean_gray: Distribution
+    contrast: Distribution
+
+
+def image_statistics(batch: np.ndarray) -> dict[Statistic, np.ndarray]:
+    """(N, 100, 100, 1) raw gray levels -> each image's mean gray level and contrast."""
+    flat = batch.reshape(len(batch), -1).astype(np.float64)
+    return {"mean_gray": flat.mean(axis=1), "contrast": flat.std(axis=1)}
+
+
+def bin_index(statistic: Statistic, values: np.ndarray) -> np.ndarray:
+    """The bin of each value; values beyond the last edge fall in the last bin."""
+    edges = np.asarray(EDGES[statistic])
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def profile_of(batches: Iterable[np.ndarray]) -> InputProfile:
+    counts = {name: np.zeros(len(EDGES[name]) - 1) for name in STATISTICS}
+    images = 0
+    for batch in batches:
+        stats = image_statistics(batch)
+        images += len(batch)
+        for name in STATISTICS:
+            counts[name] += np.bincount(bin_index(name, stats[name]), minlength=len(counts[name]))
+    if images == 0:
+        raise ValueError("no images to profile")
+    return InputProfile(
+        images=images,
+        **{name: Distribution(edges=list(EDGES[name]), fractions=(counts[name] / images).tolist())
+           for name in STATISTICS},
+    )
+
+
+def population_stability_index(expected: Sequence[float], observed: Sequence[float]) -> float:
+    """sum((o - e) * ln(o / e)) over bins, both as fractions floored at PSI_FLOOR."""
+    e = np.maximum(np.asarray(expected, np.float64), PSI_FLOOR)
+    o = np.maximum(np.asarray(observed, np.float64), PSI_FLOOR)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+class DriftMonitor:
+    """The last `window` served inputs, binned like the training profile, and how many predictions lay near
+    the decision threshold. Called from the event loop only, so it needs no lock."""
+
+    def __init__(self, profile: InputProfile | None, window: int, near_margin: float) -> None:
+        self.profile = profile
+        self.near_margin = near_margin
+        self._bins: dict[Statistic, deque[int]] = {name: deque(maxlen=window) for name in STATISTICS}
+        self._near: deque[bool] = deque(maxlen=window)
+
+    def observe(
+        self, batch: np.ndarray, probabilities: Sequence[float], threshold: float
+    ) -> dict[Statistic, np.ndarray]:
+        stats = image_statistics(batch)
+        for name in STATISTICS:
+            self._bins[name].extend(bin_index(name, stats[name]).tolist())
+        self._near.extend(abs(p - threshold) < self.near_margin for p in probabilities)
+        return stats
+
+    @property
+    def images(self) -> int:
+        return len(self._near)
+
+    def psi(self, statistic: Statistic) -> float:
+        """NaN until an image was seen, or when the model card has no training profile to compare with."""
+        if self.profile is None or not self._bins[statistic]:
+            return float("nan")
+        expected = getattr(self.profile, statistic).fractions
+        counts = np.bincount(np.fromiter(self._bins[statistic], int), minlength=len(expected))
+        return population_stability_index(expected, counts / counts.sum())
+
+    def near_threshold_share(self) -> float:
+        return float(np.mean(self._near)) if self._near else float("nan")

@@ -1,0 +1,43 @@
+"""available_memory reads the container's limit (cgroup v2 or v1) and the machine's MemTotal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.memory import available_memory
+
+MEMINFO = "MemTotal:       24684096 kB\nMemFree:        17046776 kB\n"
+MEM_TOTAL = 24684096 * 1024
+V1_UNLIMITED = "9223372036854771712\n"
+
+
+def files(tmp_path: Path, v2: str | None, v1: str | None, meminfo: str | None = MEMINFO) -> dict[str, Path]:
+    paths = {"v2": tmp_path / "memory.max", "v1": tmp_path / "memory.limit_in_bytes", "meminfo": tmp_path / "meminfo"}
+    for key, text in (("v2", v2), ("v1", v1), ("meminfo", meminfo)):
+        if text is not None:
+            paths[key].write_text(text)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("1073741824\n", None, 1073741824),
+        ("max\n", None, MEM_TOTAL),
+        (None, "536870912\n", 536870912),
+        (None, V1_UNLIMITED, MEM_TOTAL),
+        (None, None, MEM_TOTAL),
+        ("99999999999999\n", None, MEM_TOTAL),
+        ("garbage\n", None, MEM_TOTAL),
+    ],
+)
+def test_available_memory_is_the_cgroup_limit_capped_by_mem_total(
+    tmp_path: Path, v2: str | None, v1: str | None, expected: int
+) -> None:
+    assert available_memory(**files(tmp_path, v2, v1)) == expected
+
+
+def test_available_memory_is_unknown_without_cgroup_or_meminfo(tmp_path: Path) -> None:
+    assert available_memory(**files(tmp_path, None, None, meminfo=None)) is None

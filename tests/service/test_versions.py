@@ -1,0 +1,197 @@
+"""MODEL_DIR versions, hot reload (POST /admin/reload and polling) and the threshold at each level."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.model import ModelLoadError
+from tests.service.helpers import gray_png, wait_until
+
+KEY = "admin-key"
+HEADERS = {"X-API-Key": KEY}
+
+
+@pytest.fixture
+def add_version(tiny_model_path: Path, tmp_path: Path) -> Callable[..., Path]:
+    """add_version(n, broken=False) -> MODEL_DIR with version n (the tiny model, or bytes that are not ONNX)."""
+    model_dir = tmp_path / "versions"
+
+    def add(version: int, *, broken: bool = False) -> Path:
+        folder = model_dir / str(version)
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_model_path.with_suffix(".json"), folder / "model.json")
+        if broken:
+            (folder / "model.onnx").write_bytes(b"not an onnx model")
+            (folder / "model.json").write_text((folder / "model.json").read_text().replace('"sha256"', '"x"'))
+        else:
+            shutil.copy(tiny_model_path, folder / "model.onnx")
+        return model_dir
+
+    return add
+
+
+def _start(**settings: object) -> TestClient:
+    client = TestClient(create_app(Settings(**settings)))
+    client.__enter__()
+    return client
+
+
+def _version(client: TestClient) -> str:
+    response = client.post("/predict", files={"file": ("a.png", gray_png(100), "image/png")}, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Version"] == response.json()["model"]["version"]
+    return response.json()["model"]["version"]
+
+
+def test_the_highest_version_in_model_dir_is_served(add_version: Callable[..., Path]) -> None:
+    add_version(2)
+    model_dir = add_version(10)  # numeric order: 10 is newer than 2
+    client = _start(model_dir=model_dir, api_key=KEY)
+    try:
+        assert _version(client) == "10"
+        assert client.get("/model", headers=HEADERS).json()["version"] == "10"
+        assert client.get("/readyz").headers["X-Model-Version"] == "10"
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_an_empty_model_dir_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"holds no version: put a model at .*/1/model.onnx"):
+        _start(model_dir=tmp_path)
+
+
+def test_reload_under_load_switches_each_client_exactly_once_without_failures(
+    add_version: Callable[..., Path],
+) -> None:
+    model_dir = add_version(1)
+    client = _start(model_dir=model_dir, api_key=KEY, max_queue_images=256)
+    seen: dict[int, list[str]] = {i: [] for i in range(4)}
+    reloaded = threading.Event()
+    failures: list[BaseException] = []
+
+    def keep_asking(worker: int) -> None:
+        try:
+            # Until this client has had several answers after the swap completed.
+            while not reloaded.is_set() or seen[worker][-3:] != ["2", "2", "2"]:
+                seen[worker].append(_version(client))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+            failures.append(exc)
+
+    try:
+        threads = [threading.Thread(target=keep_asking, args=(i,)) for i in seen]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(len(answers) >= 3 for answers in seen.values()))
+        add_version(2)
+        response = client.post("/admin/reload", headers=HEADERS)
+        reloaded.set()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        reloaded.set()
+        client.__exit__(None, None, None)
+    assert not failures, failures
+    assert response.json() == {"previous": "1", "serving": "2", "swapped": True}
+    for answers in seen.values():
+        switch = answers.index("2")
+        assert set(answers[:switch]) == {"1"}, answers
+        assert set(answers[switch:]) == {"2"}, answers
+
+
+def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
+    add_version: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = add_version(1)
+    client = _start(model_dir=model_dir, api_key=KEY)
+    try:
+        add_version(2, broken=True)
+        with caplog.at_level(logging.ERROR, logger="service"):
+            response = client.post("/admin/reload", headers=HEADERS)
+        assert response.status_code == 409
+        assert response.json()["detail"].startswith("version 2 refused: model file")
+        assert response.json()["detail"].endswith("still serving version 1")
+        assert "version 2 refused, still serving 1" in caplog.text
+        assert _version(client) == "1"
+        assert client.get("/readyz").status_code == 200
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_reload_without_a_newer_version_changes_nothing(add_version: Callable[..., Path]) -> None:
+    client = _start(model_dir=add_version(3), api_key=KEY)
+    try:
+        response = client.post("/admin/reload", headers=HEADERS)
+        assert response.json() == {"previous": "3", "serving": "3", "swapped": False}
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_polling_serves_a_new_version_without_a_call(add_version: Callable[..., Path]) -> None:
+    client = _start(model_dir=add_version(1), api_key=KEY, model_poll_interval_s=0.05)
+    try:
+        add_version(2)
+        wait_until(lambda: client.get("/model", headers=HEADERS).json()["version"] == "2")
+        assert _version(client) == "2"
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("api_key", "sent", "status", "message"),
+    [
+        (None, None, 403, "POST /admin/reload is off: set API_KEY"),
+        (KEY, None, 401, "missing or wrong API key"),
+        (KEY, "wrong", 401, "missing or wrong API key"),
+    ],
+    ids=["no-key-configured", "no-key-sent", "wrong-key"],
+)
+def test_reload_needs_a_configured_and_matching_api_key(
+    make_client: Callable[..., TestClient], api_key: str | None, sent: str | None, status: int, message: str
+) -> None:
+    client = make_client(API_KEY=api_key)
+    response = client.post("/admin/reload", headers={"X-API-Key": sent} if sent else {})
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+def test_reload_of_a_single_model_file_is_refused(make_client: Callable[..., TestClient]) -> None:
+    response = make_client(API_KEY=KEY).post("/admin/reload", headers=HEADERS)
+    assert response.status_code == 409
+    assert "needs MODEL_DIR" in response.json()["detail"]
+
+
+def _label_and_threshold(client: TestClient, query: str = "") -> tuple[str, float]:
+    # Gray level 140: the tiny model answers about 0.6.
+    response = client.post(f"/predict{query}", files={"file": ("a.png", gray_png(140), "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["predictions"][0]["label"], body["threshold"]
+
+
+def test_the_threshold_comes_from_the_request_then_the_deployment_then_the_model(
+    make_client: Callable[..., TestClient],
+) -> None:
+    plain = make_client()
+    assert _label_and_threshold(plain) == ("defective", 0.5)
+    assert _label_and_threshold(plain, "?threshold=0.9") == ("functional", 0.9)
+    deployed = make_client(THRESHOLD=0.95)
+    assert _label_and_threshold(deployed) == ("functional", 0.95)
+    assert _label_and_threshold(deployed, "?threshold=0.05") == ("defective", 0.05)
+    card = deployed.get("/model").json()
+    assert (card["threshold"], card["effective_threshold"]) == (0.5, 0.95)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half", "nan"])
+def test_an_invalid_request_threshold_is_a_422_with_a_sentence(client: TestClient, value: str) -> None:
+    response = client.post(f"/predict?threshold={value}", files={"file": ("a.png", gray_png(140), "image/png")})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("query parameter 'threshold': ")
