@@ -6,6 +6,7 @@ import io
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from service.config import Settings
 from service.explain import OcclusionGrid, OcclusionParameterError, explain_with
 from service.explain_render import figure_size
 from service.model import Classifier
+from service.pipeline import Answer, Pipeline
 from service.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
 from tests.model_factory import write_tiny_metadata
@@ -360,3 +362,24 @@ def test_the_shipped_model_gives_a_map_for_a_cracked_cell() -> None:
         png = post_explain(client, data, "?format=png")
         assert png.status_code == 200
         assert Image.open(io.BytesIO(png.content)).size == figure_size()
+
+
+def test_a_newer_version_taking_over_mid_explanation_is_503(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Pipeline.predict_with_model
+
+    async def swapping(
+        self: Pipeline, arrays: list[np.ndarray], deadline: float, *, served_inputs: bool = True
+    ) -> Answer:
+        answer = await original(self, arrays, deadline, served_inputs=served_inputs)
+        # The copies (not served inputs) are answered by another version, as after a hot reload.
+        return answer if served_inputs else Answer(answer.probabilities, replace(answer.model, version="2"))
+
+    monkeypatch.setattr(Pipeline, "predict_with_model", swapping)
+    response = post_explain(client, gray_png(100))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["detail"] == (
+        "the service is busy: model version 2 took over from 1 during the explanation; retry after 1 s"
+    )
