@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -39,11 +40,28 @@ class EncodedImage:
         return f"file '{self.name}'" if self.name else "the request body"
 
 
+class Predictor(Protocol):
+    """What the predict step runs through: the in-process MicroBatcher, or a remote model
+    (`service.ray_app.RemoteModel`, a Ray Serve deployment behind the same limits and errors)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]: ...
+
+
 class Pipeline:
     """The loaded model with its decode pool and batcher; built once per process by `load`."""
 
     def __init__(
-        self, settings: Settings, classifier: Classifier, metrics: Metrics, batcher: MicroBatcher,
+        self, settings: Settings, classifier: Classifier, metrics: Metrics, batcher: Predictor,
         decoder: ThreadPoolExecutor,
     ) -> None:
         self.settings = settings
