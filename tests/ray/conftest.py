@@ -6,7 +6,6 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +16,7 @@ import pytest
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 os.environ.update(RAY_ENV)
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
-from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+NO_RAY = "the ray extra is not installed: pip install -e '.[ray]'"
 
 MB = 1024 * 1024
 # Quiet, local and small: no usage report, no dashboard, 100 MB object stores (~40 kB per image call).
@@ -38,7 +35,7 @@ def free_port() -> int:
 
 @dataclass
 class LocalCluster:
-    cluster: Cluster
+    cluster: Any  # ray.cluster_utils.Cluster
     worker: Any  # ray._private.node.Node
     port: int
 
@@ -48,7 +45,11 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tiny_model_path: Path) -> Iterator[LocalCluster]:
+def ray_cluster() -> Iterator[LocalCluster]:
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
     cluster = Cluster(
         initialize_head=True,
         head_node_args={**NODE_ARGS, "_system_config": HEAD_SYSTEM_CONFIG},

@@ -15,11 +15,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.ray.conftest import LocalCluster, ray, serve
+from tests.ray.conftest import NO_RAY, LocalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+ray = pytest.importorskip("ray", reason=NO_RAY)
+from ray import serve  # noqa: E402
 
-from service.ray_app import RaySettings, app_for  # noqa: E402 - needs ray, skipped above without it
+from service.ray_app import RaySettings, app_for  # noqa: E402
 
 APP = "cells"
 # Two of each, one per CPU-half, so both nodes hold an ingress and a model replica.
