@@ -140,9 +140,13 @@ class RemoteModel:
     Admission is Ray's: a handle queues at most `max_queued_requests` calls and refuses more with
     BackPressureError, answered as the single-process queue limit is (503 + Retry-After)."""
 
-    def __init__(self, handle: DeploymentHandle, retry_after_s: int) -> None:
+    def __init__(
+        self, handle: DeploymentHandle, retry_after_s: int, on_predicted: Callable[[int], None] | None = None
+    ) -> None:
         self._handle = handle
         self._retry_after_s = retry_after_s
+        # images_predicted_total; batch sizes are the Model replicas' (Ray's serve_actual_batch_size).
+        self._on_predicted = on_predicted
         self._in_flight = 0
         self._accepting = False
 
@@ -168,7 +172,7 @@ class RemoteModel:
         responses = [self._handle.predict.remote(x) for x in images]
         self._in_flight += len(responses)
         try:
-            return list(await asyncio.gather(*responses))
+            probabilities = list(await asyncio.gather(*responses))
         except BackPressureError as exc:
             raise OverloadedError(f"every model replica is busy ({exc})") from exc
         except (RayActorError, ReplicaUnavailableError) as exc:
@@ -181,6 +185,9 @@ class RemoteModel:
             raise
         finally:
             self._in_flight -= len(responses)
+        if self._on_predicted is not None:
+            self._on_predicted(len(probabilities))
+        return probabilities
 
 
 @serve.deployment(name="Ingress")
@@ -191,11 +198,12 @@ class Ingress:
     async def __init__(self, settings: Settings, model: DeploymentHandle, decode_threads: int) -> None:
         metadata, model_id, description = await model.card.remote()
         self._settings = settings
+        metrics = Metrics()
         self.pipeline = Pipeline(
             settings,
             RemoteClassifier(metadata, model_id, description),  # type: ignore[arg-type]
-            Metrics(),
-            RemoteModel(model, settings.retry_after_s),
+            metrics,
+            RemoteModel(model, settings.retry_after_s, metrics.images.inc),
             ThreadPoolExecutor(max_workers=settings.decode_threads or decode_threads, thread_name_prefix="decode"),
         )
 

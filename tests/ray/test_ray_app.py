@@ -64,8 +64,9 @@ def pipeline_over(handle: FakeHandle, tiny_model_path: Path) -> Pipeline:
     settings = Settings(model_path=tiny_model_path, retry_after_s=3)
     classifier = Classifier.load(settings.model_path, settings.session)
     remote = RemoteClassifier(classifier.metadata, classifier.model_id, classifier.describe())
-    model = RemoteModel(handle, settings.retry_after_s)  # type: ignore[arg-type]
-    return Pipeline(settings, remote, Metrics(), model, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    metrics = Metrics()
+    model = RemoteModel(handle, settings.retry_after_s, metrics.images.inc)  # type: ignore[arg-type]
+    return Pipeline(settings, remote, metrics, model, ThreadPoolExecutor(1))  # type: ignore[arg-type]
 
 
 def images(n: int) -> list[np.ndarray]:
@@ -82,8 +83,10 @@ async def predict(pipeline: Pipeline, n: int) -> list[float]:
 
 def test_remote_predict_sends_one_call_per_image(tiny_model_path: Path) -> None:
     handle = FakeHandle(lambda: 0.25)
-    assert asyncio.run(predict(pipeline_over(handle, tiny_model_path), 3)) == [0.25, 0.25, 0.25]
+    pipeline = pipeline_over(handle, tiny_model_path)
+    assert asyncio.run(predict(pipeline, 3)) == [0.25, 0.25, 0.25]
     assert handle.calls == 3
+    assert pipeline.metrics.images._value.get() == 3
 
 
 def test_backpressure_is_the_same_busy_answer_as_a_full_queue(tiny_model_path: Path) -> None:
@@ -97,6 +100,7 @@ def test_a_lost_replica_is_a_retryable_busy_answer(tiny_model_path: Path) -> Non
     pipeline = pipeline_over(FakeHandle(raising(ActorDiedError())), tiny_model_path)
     with pytest.raises(ReplicaLostError, match="a model replica was lost; retry after 3 s"):
         asyncio.run(predict(pipeline, 1))
+    assert pipeline.metrics.images._value.get() == 0
 
 
 def test_a_request_past_its_deadline_cancels_its_remote_calls(tiny_model_path: Path) -> None:
