@@ -111,9 +111,11 @@ class Model:
         probabilities = await loop.run_in_executor(self._inference, self.classifier.predict, np.stack(images))
         return [float(p) for p in probabilities]
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Fails (and Ray replaces the replica) if the session no longer gives a finite answer."""
-        result = self.classifier.predict(np.zeros((1, 100, 100, 1), np.float32))
+        blank = np.zeros((1, 100, 100, 1), np.float32)
+        # Queued behind the running batch, not beside it: still one inference at a time.
+        result = await asyncio.get_running_loop().run_in_executor(self._inference, self.classifier.predict, blank)
         if not np.all(np.isfinite(result)):
             raise RuntimeError("the model returned a non-finite probability for a blank image")
 
