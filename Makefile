@@ -14,7 +14,7 @@ $(VENV)/.serve-installed: pyproject.toml
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet -e '.[train,dev,ray]'
 	touch $(VENV)/.serve-installed $@
 
 serve: $(VENV)/.serve-installed  ## set up and serve the default model on :8000

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -63,6 +64,23 @@ class EncodedImage:
         return f"file '{self.name}'" if self.name else "the request body"
 
 
+class Predictor(Protocol):
+    """What the predict step runs through: the in-process MicroBatcher, or a remote model
+    (`service.ray_app.RemoteModel`, a Ray Serve deployment behind the same limits and errors)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]: ...
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """One loaded version with its own batcher, so a request admitted to it is answered by it even while a
@@ -70,7 +88,7 @@ class ServedModel:
 
     classifier: Classifier
     version: str
-    batcher: MicroBatcher
+    batcher: Predictor
 
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
