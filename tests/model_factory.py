@@ -45,6 +45,11 @@ def build_tiny_onnx(path: Path, *, input_shape: tuple = ("N", 100, 100, 1), outp
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", output_width])],
         initializers,
     )
+    return save_checked(graph, path)
+
+
+def save_checked(graph: onnx.GraphProto, path: Path) -> Path:
+    """The graph as a checked opset-18 model file that every onnxruntime here loads."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)

@@ -6,10 +6,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from bench.servers import REPO_ROOT, Server, service_spec
+from service.app import create_app
+from service.config import Settings
 
-__all__ = ["REPO_ROOT", "Server", "spawn_server"]
+__all__ = ["HOSTILE_LIMITS", "REPO_ROOT", "Server", "spawn_server"]
+
+# Small limits, so the fuzzers reach every limit cheaply.
+HOSTILE_LIMITS = {"max_files": 3, "max_file_bytes": 64 * 1024, "max_body_bytes": 256 * 1024}
+
+
+@pytest.fixture(scope="module")
+def hostile_client(tiny_model_path: Path) -> Iterator[TestClient]:
+    settings = Settings(model_path=tiny_model_path, **HOSTILE_LIMITS)
+    # A 500 must come back as a response we can assert on, not as an exception in the test.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
 
 
 def spawn_server(model_path: Path, log_path: Path, **settings: object) -> Server:

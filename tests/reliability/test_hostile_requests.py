@@ -7,7 +7,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,28 +14,18 @@ from fastapi.testclient import TestClient
 from hypothesis import currently_in_test_context, event, given
 from hypothesis import strategies as st
 
-from service.app import create_app
-from service.config import Settings
-from tests.reliability.conftest import Server
+from tests.reliability.conftest import HOSTILE_LIMITS, Server
 from tests.reliability.samples import valid_images
 from tests.reliability.strategies import fuzz_settings, hostile_files
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 DOCUMENTED = {200, 400, 401, 408, 413, 415, 422}
-MAX_FILES = 3
-MAX_FILE_BYTES = 64 * 1024
-MAX_BODY_BYTES = 256 * 1024
+MAX_FILES = HOSTILE_LIMITS["max_files"]
+MAX_FILE_BYTES = HOSTILE_LIMITS["max_file_bytes"]
+MAX_BODY_BYTES = HOSTILE_LIMITS["max_body_bytes"]
 
 
-@pytest.fixture(scope="module")
-def hostile_client(tiny_model_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        model_path=tiny_model_path, max_files=MAX_FILES, max_file_bytes=MAX_FILE_BYTES, max_body_bytes=MAX_BODY_BYTES
-    )
-    # A 500 must come back as a response we can assert on, not as an exception in the test.
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import currently_in_test_context, event, given
 from hypothesis import strategies as st
 
-from service.app import create_app
-from service.config import Settings
+from tests.reliability.conftest import HOSTILE_LIMITS
 from tests.reliability.samples import valid_images
 from tests.reliability.strategies import fuzz_settings, hostile_files
 
@@ -22,20 +19,12 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.filterwarnings("ignore::User
 
 INFER = "/v2/models/tiny-test-model/infer"
 PROTOCOL = {200, 400, 404, 413, 415}
-MAX_FILES = 3
-MAX_FILE_BYTES = 64 * 1024
+MAX_FILES = HOSTILE_LIMITS["max_files"]
+MAX_FILE_BYTES = HOSTILE_LIMITS["max_file_bytes"]
 MAX_BODY_BYTES = 512 * 1024
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-@pytest.fixture(scope="module")
-def hostile_client(tiny_model_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        model_path=tiny_model_path, max_files=MAX_FILES, max_file_bytes=MAX_FILE_BYTES, max_body_bytes=MAX_BODY_BYTES
-    )
-    # A 500 must come back as a response we can assert on, not as an exception in the test.
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 def assert_protocol_answer(response: object) -> None:

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
@@ -24,7 +23,7 @@ from service.model import Classifier
 from service.pipeline import Answer, Pipeline
 from service.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
-from tests.model_factory import write_tiny_metadata
+from tests.model_factory import save_checked, write_tiny_metadata
 from tests.service.helpers import InferenceGate, gray_png, metric, pipeline_of, png_claiming, wait_until
 
 TIMEOUT_S = 60.0
@@ -61,11 +60,7 @@ def build_region_model(path: Path) -> Path:
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1])],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    save_checked(graph, path)
     write_tiny_metadata(path, name="region-test-model")
     return path
 
