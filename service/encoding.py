@@ -13,7 +13,10 @@ def encode(classifier: Classifier, names: Sequence[str | None], probabilities: S
     negative, positive = classifier.metadata.class_names
     threshold = classifier.metadata.threshold
     return PredictResponse(
-        model=ModelRef(id=classifier.model_id, name=classifier.metadata.name),
+        model=ModelRef(
+            id=classifier.model_id, name=classifier.metadata.name,
+            engine=classifier.engine.name, precision=classifier.engine.precision,
+        ),
         threshold=threshold,
         predictions=[
             Prediction(

@@ -38,6 +38,10 @@ class Metrics:
             "inference_queue_images", "Images waiting for inference", registry=self.registry
         )
         self.ready = Gauge("model_ready", "1 once the model is loaded and warmed", registry=self.registry)
+        self.model_info = Gauge(
+            "model_info", "1 for the engine and precision variant that answer", ["engine", "precision"],
+            registry=self.registry,
+        )
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

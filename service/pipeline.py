@@ -55,7 +55,11 @@ class Pipeline:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
         """Loads and checks the model; raises ModelLoadError with a message for the log."""
-        classifier = Classifier.load(settings.model_path, settings.session)
+        classifier = Classifier.load(
+            settings.model_path, settings.session, engine=settings.engine, precision=settings.precision
+        )
+        served = classifier.engine.describe()
+        metrics.model_info.labels(served["engine"], served["precision"]).set(1)
         batcher = MicroBatcher(
             classifier.predict,
             max_batch_size=settings.max_batch_size,

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 class ModelRef(BaseModel):
     id: str = Field(description="sha256 of the ONNX file that answered")
     name: str
+    engine: str | None = Field(None, description="the inference engine that answered: onnxruntime or openvino")
+    precision: str | None = Field(None, description="the precision variant that answered: fp32, int8 or bf16")
 
 
 class Prediction(BaseModel):

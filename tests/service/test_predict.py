@@ -57,7 +57,11 @@ def test_predict_answers_a_png_upload_with_the_documented_body(client: TestClien
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert body["model"] == {"id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model"}
+    served = client.get("/model").json()
+    assert body["model"] == {
+        "id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model",
+        "engine": served["engine"], "precision": "fp32",
+    }
     assert body["threshold"] == 0.5
     [prediction] = body["predictions"]
     assert prediction["filename"] == "cell.png"
