@@ -109,6 +109,8 @@ def choose(
             notes.append(f"precision {precision} on {engine}: not recorded in the model card")
             continue
         why = refusal(variant, reference, cpu)
+        if why is None and not (model_path.parent / variant.file).is_file():
+            why = f"its file {model_path.parent / variant.file} is absent"
         if why is None:
             return _chosen(engine, variant, model_path, notes=tuple(notes))
         notes.append(f"precision {precision} on {engine} refused: {why}; PRECISION={precision} serves it anyway")

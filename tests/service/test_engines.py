@@ -221,3 +221,11 @@ def test_http_answers_what_the_auto_variant_answers_offline(
                                     "engine": engine, "precision": "int8"}
     assert (served["engine"], served["precision"], served["id"]) == (engine, "int8", body.json()["model"]["id"])
     assert info == 1.0
+
+
+def test_auto_passes_over_a_variant_whose_file_is_absent(variant_model: Path) -> None:
+    variant_model.with_name("model.int8.onnx").unlink()
+    choice = choose("onnxruntime", "auto", variant_model, read_model_card(variant_model.with_suffix(".json")),
+                    BOTH, ("onnxruntime",))
+    assert (choice.precision, choice.model_path.name) == ("fp32", "model.onnx")
+    assert any(note.startswith("precision int8 on onnxruntime refused: its file ") for note in choice.notes)
