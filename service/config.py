@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
     decode_threads: int = Field(0, ge=0, description="0 means the available CPUs")
 
-    # Engine and precision variant (service.engines): auto = OpenVINO when installed (faster at every
-    # precision measured, BENCHMARKS.md), and the fastest variant this CPU runs natively whose held-out
+    # Engine and precision variant (service.engines): auto = OpenVINO when installed (faster alone and
+    # for a lone request, BENCHMARKS.md), and the fastest variant this CPU runs natively whose held-out
     # accuracy (recorded in the card by `python -m training.variants`) is within 0.5 point of fp32.
     engine: Literal["auto", "onnxruntime", "openvino"] = "auto"
     precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"

@@ -17,8 +17,8 @@ from service.engines.capabilities import CpuCapabilities
 from service.model_card import ModelCard, VariantCard
 
 GATE_POINTS = 0.5
-# Fastest first. Measured model alone on the 2-core Zen 4 (BENCHMARKS.md): INT8 186-327 images/s, OpenVINO
-# bf16 ~155, fp32 ~85; the order held for both engines.
+# Fastest first. Model alone on the 2-core Zen 4 (issue 13's figures and BENCHMARKS.md's two runs): INT8
+# 186-327 images/s, OpenVINO bf16 ~155, fp32 ~85; batch-1 latency in the same order on both engines.
 SPEED_ORDER: tuple[Precision, ...] = ("int8", "bf16", "fp32")
 ENGINE_PRECISIONS: dict[EngineName, tuple[Precision, ...]] = {
     ort_engine.NAME: ort_engine.PRECISIONS,
@@ -42,7 +42,7 @@ def installed_engines() -> tuple[EngineName, ...]:
 
 
 def resolve_engine(requested: str, installed: tuple[EngineName, ...]) -> EngineName:
-    """auto: OpenVINO when installed (faster at every precision measured, BENCHMARKS.md), else onnxruntime."""
+    """auto: OpenVINO when installed (faster alone and for a lone request, BENCHMARKS.md), else onnxruntime."""
     if requested == "auto":
         return openvino_engine.NAME if openvino_engine.NAME in installed else ort_engine.NAME
     if requested not in installed:
