@@ -45,7 +45,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         served = serving.classifier.engine.describe()
         log.info(
             "model %s (%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads",
-            settings.model_path, serving.classifier.model_id[:12], time.perf_counter() - start, warm_s,
+            serving.classifier.path or settings.model_path, serving.classifier.model_id[:12],
+            time.perf_counter() - start, warm_s,
             served["engine"], served["precision"], served["threads"],
         )
         try:

@@ -52,6 +52,7 @@ class Classifier:
         self.metadata = metadata
         self.model_id = model_id
         self.choice = choice
+        self.path = choice.model_path if choice is not None else None
 
     @classmethod
     def load(
