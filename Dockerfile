@@ -11,8 +11,13 @@ RUN python -m venv /opt/service-venv
 WORKDIR /src
 # Only pyproject.toml decides this layer, so code changes do not reinstall the dependencies.
 # pip keeps its default .pyc compilation (faster start-up); pip and setuptools leave the venv once done.
+# EXTRAS: optional extras from pyproject.toml, comma-separated; `--build-arg EXTRAS=openvino` adds the OpenVINO
+# engine (ENGINE=auto then uses it; sizes in README).
+ARG EXTRAS=""
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="$EXTRAS" python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
         > requirements.txt \
  && /opt/service-venv/bin/pip install -r requirements.txt \
  && /opt/service-venv/bin/pip uninstall --yes pip setuptools
@@ -34,7 +39,8 @@ WORKDIR /app
 # Root-owned and world-readable: the service user can read but not change its code or model.
 COPY service ./service
 # MODEL_PATH defaults to models/model.onnx relative to /app; mount another model and point MODEL_PATH at it.
-COPY models/model.onnx models/model.json ./models/
+# model.int8.onnx is the INT8 variant recorded in model.json: PRECISION=auto serves it on CPUs with VNNI.
+COPY models/model.onnx models/model.int8.onnx models/model.json ./models/
 
 USER 10001:10001
 EXPOSE 8000

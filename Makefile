@@ -30,6 +30,7 @@ test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 
 train: $(VENV)/.dev-installed  ## reproduce the shipped default model (~80 min on 2 cores with AMX)
 	$(PY) -m training --mixed-precision --quarter-turns --int8 --epochs 40 --threshold auto --out models
+	$(PY) -m training.variants --model models/model.onnx  # measured precision variants for PRECISION=auto
 
 bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md); BENCH_ARGS=--quick for a smoke run
 	@command -v wrk >/dev/null 2>&1 || { \

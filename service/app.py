@@ -43,10 +43,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             raise
         await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
+        served = serving.classifier.engine.describe()
         log.info(
-            "model %s (%s) ready in %.2f s (warm-up %.2f s); limits %s",
-            settings.model_path, serving.classifier.model_id[:12], time.perf_counter() - start, warm_s,
-            serving.limits.as_dict(),
+            "model %s (%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; limits %s",
+            serving.classifier.path or settings.model_path, serving.classifier.model_id[:12],
+            time.perf_counter() - start, warm_s,
+            served["engine"], served["precision"], served["threads"], serving.limits.as_dict(),
         )
         try:
             yield {"pipeline": serving}

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a decode may wait for budget (never past the request deadline), then 503"
     )
 
+    # Engine and precision variant (service.engines): auto = OpenVINO when installed (faster alone and
+    # for a lone request, BENCHMARKS.md), and the fastest variant this CPU runs natively whose held-out
+    # accuracy (recorded in the card by `python -m training.variants`) is within 0.5 point of fp32.
+    engine: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+
     # Security: no CORS origin and no key unless configured.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key: SecretStr | None = None

@@ -16,7 +16,9 @@ def ready_pipeline(request: Request) -> Pipeline | None:
     return pipeline if pipeline is not None and pipeline.ready else None
 
 
-def get_pipeline(request: Request) -> Pipeline:
+# async, like every dependency on the request path: FastAPI runs a plain `def` dependency in its thread pool,
+# a round trip to another thread per request that py-spy showed at one connection (BENCHMARKS.md).
+async def get_pipeline(request: Request) -> Pipeline:
     pipeline = ready_pipeline(request)
     if pipeline is None:
         raise NotReadyError("the model is not loaded yet")

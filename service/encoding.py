@@ -18,7 +18,10 @@ def encode(
     classifier = model.classifier
     negative, positive = classifier.metadata.class_names
     return PredictResponse(
-        model=ModelRef(id=classifier.model_id, name=classifier.metadata.name, version=model.version),
+        model=ModelRef(
+            id=classifier.model_id, name=classifier.metadata.name, version=model.version,
+            engine=classifier.engine.name, precision=classifier.engine.precision,
+        ),
         threshold=threshold,
         predictions=[
             Prediction(

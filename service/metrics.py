@@ -41,6 +41,10 @@ class Metrics:
             "inference_queue_images", "Images waiting for inference", registry=self.registry
         )
         self.ready = Gauge("model_ready", "1 once the model is loaded and warmed", registry=self.registry)
+        self.model_info = Gauge(
+            "model_info", "1 for the engine and precision variant that answer", ["engine", "precision"],
+            registry=self.registry,
+        )
         self.served_version = Gauge(
             "model_version_served", "1 for the model version that answers new requests", ["version"],
             registry=self.registry,

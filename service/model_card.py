@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +59,22 @@ class HeldOutMetrics(_Open):
     confusion_matrix: dict[str, int] | None = None
 
 
+class VariantCard(_Open):
+    """One (engine, precision) way to run the model, measured on the held-out set by `python -m training.variants`."""
+
+    engine: Literal["onnxruntime", "openvino"]
+    precision: Literal["fp32", "int8", "bf16"]
+    file: str = Field(description="the .onnx file it runs, relative to the card's folder")
+    sha256: str | None = Field(None, description="of that file; the service refuses a file that differs")
+    accuracy: float | None = Field(None, description="held-out accuracy at the card's threshold")
+    roc_auc: float | None = None
+    max_probability_difference: float | None = Field(
+        None, description="largest |p - p_fp32| over the held-out images, against onnxruntime fp32"
+    )
+    images: int | None = None
+    images_per_s: float | None = Field(None, description="model alone, batch 8, on the machine that measured it")
+
+
 class ModelCard(_Open):
     name: str = "model"
     version: str | None = Field(None, description="the model's own version; MODEL_DIR's folder name wins")
@@ -70,6 +87,9 @@ class ModelCard(_Open):
     test_metrics: HeldOutMetrics | None = None
     input_statistics: InputProfile | None = Field(
         None, description="training inputs' gray-level statistics; the service's drift metrics compare with them"
+    )
+    variants: list[VariantCard] | None = Field(
+        None, description="precision variants with their held-out accuracy; PRECISION=auto chooses among them"
     )
 
 

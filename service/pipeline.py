@@ -92,7 +92,9 @@ class ServedModel:
 
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
-        classifier = Classifier.load(source.path, settings.session)
+        classifier = Classifier.load(
+            source.path, settings.session, engine=settings.engine, precision=settings.precision
+        )
         version = source.version or str(getattr(classifier.metadata, "version", None) or "1")
         batcher = MicroBatcher(
             classifier.predict,
@@ -179,7 +181,7 @@ class Pipeline:
     async def start(self) -> None:
         self.model.batcher.start()
         self.metrics.ready.set_function(lambda: float(self.ready))
-        self.metrics.served_version.labels(self.model.version).set(1)
+        self._label_served(self.model)
         if self.settings.model_dir is not None and self.settings.model_poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
 
@@ -218,8 +220,7 @@ class Pipeline:
             candidate.batcher.start()
             self.model = candidate
             self.drift = self._drift_monitor(candidate)
-            self.metrics.served_version.clear()
-            self.metrics.served_version.labels(candidate.version).set(1)
+            self._label_served(candidate)
             self.metrics.reloads.labels("swapped").inc()
             drain = asyncio.create_task(current.batcher.stop(), name=f"drain-version-{current.version}")
             self._draining.add(drain)
@@ -227,6 +228,14 @@ class Pipeline:
             log.info("now serving version %s (%s); version %s drains", candidate.version,
                      candidate.classifier.model_id[:12], current.version)
             return ReloadOutcome(current.version, candidate.version, swapped=True)
+
+    def _label_served(self, model: ServedModel) -> None:
+        """model_version_served and model_info name the version, engine and precision that answer."""
+        served = model.classifier.engine.describe()
+        self.metrics.served_version.clear()
+        self.metrics.served_version.labels(model.version).set(1)
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(served["engine"], served["precision"]).set(1)
 
     def _load_checked(self, source: ModelSource) -> ServedModel:
         model = ServedModel.load(source, self.settings, self.metrics)

@@ -97,7 +97,9 @@ class Model:
         # MODEL_DIR's highest version or MODEL_PATH, as `python -m service` would serve; a newer version is
         # rolled out by redeploying the application (`serve deploy`), not by /admin/reload (README).
         self.source = model_source(settings)
-        self.classifier = Classifier.load(self.source.path, session)
+        self.classifier = Classifier.load(
+            self.source.path, session, engine=settings.engine, precision=settings.precision
+        )
         self.classifier.warm_up(tuple(sorted({1, settings.max_batch_size})))
         self.predict.set_max_batch_size(settings.max_batch_size)
         self.predict.set_batch_wait_timeout_s(settings.max_batch_wait_ms / 1000)
@@ -126,13 +128,28 @@ class Model:
             raise RuntimeError("the model returned a non-finite probability for a blank image")
 
 
+class RemoteEngine:
+    """How the Model replicas run it (engine, precision, threads), as they describe it; runs nothing here."""
+
+    def __init__(self, runtime: dict[str, object]) -> None:
+        self.name = str(runtime.get("engine", "unknown"))
+        self.precision = str(runtime.get("precision", "unknown"))
+        self._runtime = runtime
+
+    def describe(self) -> dict[str, object]:
+        return {"threads": None, **self._runtime}
+
+
 class RemoteClassifier:
-    """What the ingress needs of the model it does not load: the card (labels, threshold) and its id."""
+    """What the ingress needs of the model it does not load: the card (labels, threshold), its id and engine."""
 
     def __init__(self, metadata: ModelCard, model_id: str, description: dict[str, object]) -> None:
         self.metadata = metadata
         self.model_id = model_id
         self._description = description
+        runtime = description.get("runtime")
+        self.engine = RemoteEngine(runtime if isinstance(runtime, dict) else {})
+        self.path = None
 
     def describe(self) -> dict[str, object]:
         return self._description

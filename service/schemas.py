@@ -9,6 +9,8 @@ class ModelRef(BaseModel):
     id: str = Field(description="sha256 of the ONNX file that answered")
     name: str
     version: str = Field(description="the version that answered: MODEL_DIR's folder name, else the card's, else 1")
+    engine: str | None = Field(None, description="the inference engine that answered: onnxruntime or openvino")
+    precision: str | None = Field(None, description="the precision variant that answered: fp32, int8 or bf16")
 
 
 class Prediction(BaseModel):

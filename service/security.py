@@ -11,7 +11,8 @@ from fastapi.security import APIKeyHeader
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API_KEY is set")
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Depends(api_key_header)]) -> None:
+async def require_api_key(request: Request, key: Annotated[str | None, Depends(api_key_header)]) -> None:
+    """async: no thread-pool hop per request (service.deps)."""
     expected = request.app.state.settings.api_key
     if expected is None:
         return

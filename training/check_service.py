@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with httpx.Client(base_url=args.url, timeout=60) as client:
         served = client.get("/model").raise_for_status().json()
-        if served["id"] != metadata["sha256"]:
+        # A precision variant (PRECISION, training.variants) is checked against its own recorded accuracy.
+        variant = next((v for v in metadata.get("variants") or [] if v["sha256"] == served["id"]
+                        and (v["engine"], v["precision"]) == (served.get("engine"), served.get("precision"))), None)
+        if variant is not None and variant["precision"] == "fp32":
+            variant = None
+        if served["id"] != metadata["sha256"] and variant is None:
             print(f"check_service: the service runs model {served['id'][:12]}, "
                   f"not {metadata['sha256'][:12]} from {args.metadata}", file=sys.stderr)
             return 2
@@ -47,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.concurrency) as pool:
             probabilities = np.array(list(pool.map(probability, test.sources)))
     measured = binary_metrics(test.y, probabilities, metadata["threshold"])
+    if variant is not None:
+        same = measured["accuracy"] == variant["accuracy"]
+        print(f"held-out images sent over HTTP: {measured['images']} ({variant['engine']} {variant['precision']})")
+        print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
+        print(f"accuracy of the variant:  {variant['accuracy']:.4f}  (python -m training.variants)")
+        print("identical" if same else "DIFFERENT: serving does not see what the variant measurement saw")
+        return 0 if same else 1
     recorded = metadata["test_metrics"]
     same = measured["confusion_matrix"] == recorded["confusion_matrix"]
     print(f"held-out images sent over HTTP: {measured['images']}")

@@ -140,7 +140,8 @@ def served(image: str) -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def in_process(default_model: Path) -> Iterator[TestClient]:
     """The same service in this process, over the same model file the image was built with."""
-    with TestClient(create_app(Settings(model_path=default_model))) as client:
+    # The default image has onnxruntime only; the OpenVINO image is checked by its own test.
+    with TestClient(create_app(Settings(model_path=default_model, engine="onnxruntime"))) as client:
         yield client
 
 
@@ -206,7 +207,10 @@ def test_image_is_under_400_mb(image: str) -> None:
 def test_image_holds_only_the_service_and_the_default_model(served: Container) -> None:
     paths = set(served.exec("find", "/app", "-maxdepth", "2", "-not", "-path", "/app/service/*").stdout.split())
     plots = {path for path in paths if path.startswith("/app/models/") and path.endswith(".png")}
-    assert paths - plots == {"/app", "/app/service", "/app/models", "/app/models/model.onnx", "/app/models/model.json"}
+    assert paths - plots == {
+        "/app", "/app/service", "/app/models", "/app/models/model.onnx", "/app/models/model.json",
+        "/app/models/model.int8.onnx",
+    }
     assert served.exec("python", "-c", "import service, onnxruntime, uvicorn").returncode == 0
 
 
@@ -303,7 +307,7 @@ def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
             card = client.get(f"{container.url}/model").json()
             got = predict(client, f"{container.url}/predict", "cell.png")
         assert card["name"] == "tiny-test-model"
-        with TestClient(create_app(Settings(model_path=mounted_model))) as in_process:
+        with TestClient(create_app(Settings(model_path=mounted_model, engine="onnxruntime"))) as in_process:
             assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
     finally:
         docker("rm", "--force", container.id, check=False)
@@ -387,3 +391,32 @@ def test_sixteen_64_megapixel_uploads_cannot_oom_kill_a_small_container(
         assert "limits {" in logs
     finally:
         docker("rm", "--force", container.id, check=False)
+
+
+OPENVINO_TAG = "cell-classifier:pytest-openvino"
+
+
+def test_the_openvino_image_serves_with_openvino_like_the_in_process_service(default_model: Path) -> None:
+    """`--build-arg EXTRAS=openvino`: ENGINE=auto picks OpenVINO, and answers as the service does here."""
+    pytest.importorskip("openvino", reason="the in-process comparison needs the openvino extra")
+    command = [DOCKER, "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+               "--build-arg", "EXTRAS=openvino", "--label", LABEL, "-t", OPENVINO_TAG, str(CONTEXT)]
+    build = subprocess.run(command, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT_S, check=False)
+    if build.returncode != 0:
+        pytest.fail(f"docker build failed ({build.returncode}):\n{(build.stdout + build.stderr)[-6000:]}")
+    container_id = docker("run", "-d", "-p", "127.0.0.1::8000", OPENVINO_TAG).stdout.strip()
+    try:
+        container = Container(container_id, f"http://{docker('port', container_id, '8000/tcp').stdout.split()[0]}")
+        container.wait_ready()
+        with httpx.Client(timeout=30) as client:
+            card = client.get(f"{container.url}/model").json()
+            got = predict(client, f"{container.url}/predict", "cell.png")
+        assert card["engine"] == got["model"]["engine"] == "openvino"
+        assert f"on openvino {card['precision']}" in container.logs()
+        settings = Settings(model_path=default_model, engine="openvino", precision=card["precision"])
+        with TestClient(create_app(settings)) as in_process:
+            assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
+    finally:
+        docker("rm", "--force", container_id, check=False)
+        docker("image", "prune", "--force", "--filter", f"label={LABEL}", check=False)

@@ -320,3 +320,58 @@ def test_predict_answers_503_when_inference_outlasts_the_request_timeout(
     # The held batch finished for nobody; the image that timed out in the queue was skipped, not run.
     assert metric(client, "inference_batch_size_count") == 2
     assert metric(client, "images_predicted_total") == 2
+
+
+def test_microbatcher_runs_a_lone_request_at_once_without_queueing_it() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        sizes: list[int] = []
+        batcher = MicroBatcher(model, max_batch_size=2, max_wait_s=0, max_queue=64, on_batch=sizes.append)
+        batcher.start()
+        model.gate.close()
+        lone = asyncio.create_task(batcher.predict_many([image(1), image(2)]))
+        await asyncio.to_thread(model.gate.wait_entered)
+        assert batcher.queued == 0
+        # Too many images for one batch: queued and split, even when idle.
+        queued = asyncio.create_task(batcher.predict_many([image(3), image(4), image(5)]))
+        await until(lambda: batcher.queued == 3)
+        model.gate.open()
+        assert (await lone, await queued) == ([10.0, 20.0], [30.0, 40.0, 50.0])
+        await batcher.stop()
+        assert model.batches == [[1.0, 2.0], [3.0, 4.0], [5.0]]
+        assert sizes == [2, 2, 1]
+
+    run(scenario())
+
+
+def test_microbatcher_waits_for_a_lone_run_whose_caller_left_before_the_next_batch() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        active, most = 0, 0
+        inner = model.__call__
+
+        def counting(x: np.ndarray) -> np.ndarray:
+            nonlocal active, most
+            active += 1
+            most = max(most, active)
+            try:
+                return inner(x)
+            finally:
+                active -= 1
+
+        sizes: list[int] = []
+        batcher = MicroBatcher(counting, max_batch_size=8, max_wait_s=0, max_queue=64, on_batch=sizes.append)
+        batcher.start()
+        first = await held_first_call(batcher, model)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The model is still held: a new request queues instead of taking the lone path.
+        second = asyncio.create_task(batcher.predict_many([image(1)]))
+        await until(lambda: batcher.queued == 1)
+        model.gate.open()
+        assert await second == [10.0]
+        await batcher.stop()
+        assert (model.batches, most, sizes) == ([[0.0], [1.0]], 1, [1, 1])
+
+    run(scenario())

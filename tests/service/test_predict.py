@@ -57,8 +57,10 @@ def test_predict_answers_a_png_upload_with_the_documented_body(client: TestClien
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
+    served = client.get("/model").json()
     assert body["model"] == {
-        "id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model", "version": "1"
+        "id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model", "version": "1",
+        "engine": served["engine"], "precision": "fp32",
     }
     assert body["threshold"] == 0.5
     [prediction] = body["predictions"]

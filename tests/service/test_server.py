@@ -44,9 +44,9 @@ def test_starting_the_service_loads_the_model_exactly_once(
     loads: list[Path] = []
     real_load = Classifier.load.__func__  # type: ignore[attr-defined]
 
-    def counting_load(cls: type[Classifier], model_path: Path, *args: object) -> Classifier:
+    def counting_load(cls: type[Classifier], model_path: Path, *args: object, **kwargs: object) -> Classifier:
         loads.append(model_path)
-        return real_load(cls, model_path, *args)
+        return real_load(cls, model_path, *args, **kwargs)
 
     def serve_once(app: object, **options: object) -> None:
         # Stands in for uvicorn.run: runs the lifespan and one request, as uvicorn would.
