@@ -378,3 +378,22 @@ def test_a_newer_version_taking_over_mid_explanation_is_503(
     assert response.json()["detail"] == (
         "the service is busy: model version 2 took over from 1 during the explanation; retry after 1 s"
     )
+
+
+ELPV_CRACKED_CELL = "images/cell0470.png"  # annotated defective with probability 1; its cracks are visible
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="models/model.onnx is not in this checkout")
+def test_the_shipped_model_explains_a_real_cracked_elpv_cell() -> None:
+    elpv = pytest.importorskip("elpv_dataset", reason="the ELPV images come with the train extra")
+    cell = Path(elpv.__file__).parent / "data" / ELPV_CRACKED_CELL
+    with TestClient(create_app(Settings(model_path=SHIPPED_MODEL))) as client:
+        response = post_explain(client, cell.read_bytes())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["label"] == "defective"
+    drops = np.array(body["drops"])
+    # Hiding the strongest region lowers p(defective) by several points: evidence, not noise.
+    assert drops.max() > 0.05
+    strongest = body["strongest"]
+    assert drops[strongest["row"], strongest["column"]] == drops.max()
