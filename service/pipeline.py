@@ -1,9 +1,10 @@
 """The request pipeline, free of any web framework: encoded images in, probabilities out.
 
-decode (a bounded thread pool running the shared preprocessing) -> predict (the micro-batcher in front of
-the model). Every door into the service (the HTTP routes today, other protocols and tools later) calls
-`classify`; failures are domain errors (`service.failures`, `service.preprocessing.ImageError`) that
-each door turns into its own status codes.
+decode (a bounded thread pool running the shared preprocessing, each decode within the memory budget) ->
+predict (the served version's micro-batcher in front of its engine). Every door calls it: /predict,
+/explain and /preprocess, the Open Inference Protocol (`service.v2`), the `predict` folder CLI and the Ray
+Serve ingress. Failures are domain errors (`service.failures`, `service.preprocessing.ImageError`) that each
+door turns into its own status codes.
 """
 
 from __future__ import annotations
