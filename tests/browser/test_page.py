@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from service.explain_render import figure_size
 from tests.conftest import image_bytes
@@ -113,9 +114,18 @@ def test_the_page_works_from_the_keyboard(server: Server, page: Any) -> None:
     # Every control has a label a screen reader announces.
     assert page.get_by_label("API key").evaluate("el => el.id") == "api-key"
     assert page.get_by_label("Images").evaluate("el => el.id") == "file-input"
-    # The focused file input opens the picker on Enter, as a keyboard user would use it.
-    with page.expect_file_chooser(timeout=WAIT_MS) as chooser:
-        page.keyboard.press("Space")
+    # The focused file input opens the picker from the keyboard, as a keyboard user would use it. Under load
+    # (one full run of the suite at load average 5) chromium once let the first key press pass without a
+    # picker; a second press must open it, so a page whose input ignored the keyboard still fails.
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    for attempt in range(2):
+        try:
+            with page.expect_file_chooser(timeout=WAIT_MS // 4) as chooser:
+                page.keyboard.press("Space")
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 1:
+                raise
     assert chooser.value.is_multiple()
 
 
