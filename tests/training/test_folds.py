@@ -22,7 +22,8 @@ def elpv_like(seed: int = 0) -> LabelledImages:
     kinds = rng.choice(["mono", "poly"], size=400, p=[0.42, 0.58])
     return LabelledImages(
         np.zeros((400, 2, 2, 1), np.float32), (votes >= 2).astype(int), tuple(map(str, range(400))), ("a", "b"),
-        soft_targets=(votes / 3).astype(np.float32), strata=np.array([f"{v}/3 {k}" for v, k in zip(votes, kinds)]),
+        soft_targets=(votes / 3).astype(np.float32),
+        strata=np.array([f"{v}/3 {k}" for v, k in zip(votes, kinds, strict=True)]),
     )  # fmt: skip
 
 
@@ -81,7 +82,10 @@ def test_a_folder_data_set_is_stratified_on_its_labels() -> None:
 
 @pytest.mark.parametrize(
     ("folds", "message"),
-    [(1, "--cv needs at least 2 folds, got 1"), (5, r"cannot make 5 folds: the smallest class has 3 images; use --cv 3")],
+    [
+        (1, "--cv needs at least 2 folds, got 1"),
+        (5, r"cannot make 5 folds: the smallest class has 3 images; use --cv 3"),
+    ],
 )
 def test_folds_refuse_what_the_data_cannot_give(folds: int, message: str) -> None:
     with pytest.raises(DataError, match=message):
