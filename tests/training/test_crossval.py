@@ -23,7 +23,7 @@ EPOCHS = 2
 def settings(**changes: object):  # -> FitSettings, imported lazily
     from training.fit import FitSettings
 
-    return FitSettings(epochs=EPOCHS, batch_size=16, seed=0, augment=False, **changes)
+    return FitSettings(**{"epochs": EPOCHS, "batch_size": 16, "seed": 0, "augment": False, **changes})
 
 
 def test_out_of_fold_predictions_cover_every_image_exactly_once(toy_split: Split, tmp_path: Path) -> None:
