@@ -6,7 +6,10 @@ Layout of the checkpoint folder (each fold resumable on its own, a finished fold
     folds.json              the folds' validation indices, so --resume refuses other folds
     fold-1/                 CheckpointPaths of fold 1: backup/, history.csv, last.weights.h5
     fold-1/predictions.npy  (epochs, fold images): out-of-fold probabilities after each epoch
+    fold-1/raw_predictions.npy  the same from the raw weights, when the optimizer keeps an EMA
     fold-1/flips.npy        (fold images,): the flip-averaged ones after the last epoch
+    fold-1/recalibrated.npy (2, fold images): plain and flip-averaged after the last epoch, with
+                            BatchNorm statistics measured on the fold's training images
     fold-1/done             written when the fold has run all its epochs
 """
 
@@ -22,9 +25,10 @@ import keras
 import numpy as np
 from sklearn import metrics
 
+from training.batchnorm import recalibrate_batchnorm
 from training.data import DataError, LabelledImages
 from training.evaluate import best_threshold
-from training.fit import CheckpointPaths, EpochPredictions, FitSettings, averaged_weights, fit
+from training.fit import CheckpointPaths, EpochPredictions, FitSettings, fit
 from training.flips import flip_averaged_predict
 from training.folds import Fold
 
@@ -46,8 +50,16 @@ class FoldPaths:
         return self.root / "predictions.npy"
 
     @property
+    def raw_predictions(self) -> Path:
+        return self.root / "raw_predictions.npy"
+
+    @property
     def flips(self) -> Path:
         return self.root / "flips.npy"
+
+    @property
+    def recalibrated(self) -> Path:
+        return self.root / "recalibrated.npy"
 
     @property
     def done(self) -> Path:
@@ -91,17 +103,23 @@ def run_folds(
             log.info("fold %d of %d already done", fold.number, len(folds))
             continue
         if not settings.resume:
-            for stale in (paths.predictions, paths.flips, paths.done):
+            for stale in (paths.predictions, paths.raw_predictions, paths.flips, paths.recalibrated, paths.done):
                 stale.unlink(missing_ok=True)
         log.info("fold %d of %d: %d training, %d out-of-fold images",
                  fold.number, len(folds), len(fold.train), len(fold.validation))
         keras.utils.set_random_seed(settings.seed + fold.number)
         model = build_model()
         held_back = data.subset(fold.validation)
-        fit(model, data.subset(fold.train), None, replace(settings, keep="last", seed=settings.seed + fold.number),
-            paths.checkpoints, extra_callbacks=[EpochPredictions(held_back.x, paths.predictions)])
-        with averaged_weights(model):  # a no-op: fit() has already left the averaged weights in the model
-            np.save(paths.flips, flip_averaged_predict(model, held_back.x)[:, 0].astype(np.float32))
+        fitted = data.subset(fold.train)
+        fit(model, fitted, None, replace(settings, keep="last", seed=settings.seed + fold.number),
+            paths.checkpoints,
+            extra_callbacks=[EpochPredictions(held_back.x, paths.predictions, paths.raw_predictions)])
+        # fit() has left the averaged weights (if any) in the model; these measure the last epoch's variants.
+        np.save(paths.flips, flip_averaged_predict(model, held_back.x)[:, 0].astype(np.float32))
+        recalibrate_batchnorm(model, fitted.x)
+        plain = model.predict(held_back.x, batch_size=64, verbose=0)[:, 0]
+        flips = flip_averaged_predict(model, held_back.x)[:, 0]
+        np.save(paths.recalibrated, np.stack([plain, flips]).astype(np.float32))
         paths.done.write_text("")
     return [fold.number for fold in chosen]
 
@@ -157,6 +175,26 @@ def summarize(data: LabelledImages, folds: list[Fold], root: Path, numbers: list
         flips_summary = {"epoch": common, "threshold": flips_threshold,
                          **_scores(y, flipped, flips_threshold),
                          "plain_at_same_epoch": _scores(y, pooled[common - 1], best_threshold(y, pooled[common - 1]))}
+    last = common - 1
+
+    def last_epoch_variant(name: str, rows: Callable[[np.ndarray], np.ndarray]) -> dict | None:
+        files = [getattr(fold_paths(root, fold.number), name) for fold, _ in runs]
+        if not all(path.exists() for path in files):
+            return None
+        probability = np.concatenate([rows(np.load(path)) for path in files])
+        chosen = best_threshold(y, probability)
+        return {"threshold": chosen, **_scores(y, probability, chosen)}
+
+    raw = [fold_paths(root, fold.number).raw_predictions for fold, _ in runs]
+    raw_summary = None
+    if all(path.exists() for path in raw):
+        raw_pooled = np.concatenate([np.load(path)[:common] for path in raw], axis=1)
+        raw_curve = [_log_loss(y, raw_pooled[e]) for e in range(common)]
+        raw_epoch = int(np.argmin(raw_curve))
+        raw_threshold = best_threshold(y, raw_pooled[raw_epoch])
+        raw_summary = {"chosen_epochs": raw_epoch + 1, "threshold": raw_threshold,
+                       **_scores(y, raw_pooled[raw_epoch], raw_threshold),
+                       "log_loss_by_epoch": [round(v, 4) for v in raw_curve]}
     summary = {
         "folds": len(folds), "folds_run": numbers, "images_out_of_fold": len(index),
         "covers_every_non_test_image": len(index) == len(data) and len(np.unique(index)) == len(data),
@@ -169,5 +207,10 @@ def summarize(data: LabelledImages, folds: list[Fold], root: Path, numbers: list
         "log_loss_by_epoch": [round(v, 4) for v in curve],
         "accuracy_at_0.5_by_epoch": [round(float(np.mean((pooled[e] >= 0.5) == y)), 4) for e in range(common)],
         "flip_averaged_last_epoch": flips_summary,
+        "last_epoch": {"epoch": common, "threshold": best_threshold(y, pooled[last]),
+                       **_scores(y, pooled[last], best_threshold(y, pooled[last]))},
+        "raw_weights_without_ema": raw_summary,
+        "recalibrated_batchnorm_last_epoch": last_epoch_variant("recalibrated", lambda r: r[0]),
+        "recalibrated_batchnorm_flip_averaged_last_epoch": last_epoch_variant("recalibrated", lambda r: r[1]),
     }
     return OutOfFold(epoch + 1, threshold, flips_threshold, summary)

@@ -171,19 +171,28 @@ def averaged_weights(model: keras.Model) -> Iterator[None]:
 
 
 class EpochPredictions(keras.callbacks.Callback):
-    """After every epoch, the model's probabilities for held-back images (averaged weights when an
-    EMA is kept), one row per epoch in an .npy file; a resumed epoch overwrites its row."""
+    """After every epoch, the model's probabilities for held-back images, one row per epoch in an .npy
+    file; a resumed epoch overwrites its row. With an EMA the file holds the averaged weights' answers
+    and `raw_path` (when given) the raw weights', so one run measures both."""
 
-    def __init__(self, x: np.ndarray, path: Path) -> None:
+    def __init__(self, x: np.ndarray, path: Path, raw_path: Path | None = None) -> None:
         super().__init__()
         self.x = x
         self.path = path
+        self.raw_path = raw_path
+
+    def _append(self, path: Path, epoch: int, probability: np.ndarray) -> None:
+        rows = np.load(path)[:epoch] if path.exists() else np.zeros((0, len(self.x)), np.float32)
+        np.save(path, np.concatenate([rows, probability[None, :]]))
+
+    def _predict(self) -> np.ndarray:
+        return self.model.predict(self.x, batch_size=64, verbose=0)[:, 0].astype(np.float32)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.raw_path is not None and getattr(self.model.optimizer, "use_ema", False):
+            self._append(self.raw_path, epoch, self._predict())
         with averaged_weights(self.model):
-            probability = self.model.predict(self.x, batch_size=64, verbose=0)[:, 0].astype(np.float32)
-        rows = np.load(self.path)[:epoch] if self.path.exists() else np.zeros((0, len(self.x)), np.float32)
-        np.save(self.path, np.concatenate([rows, probability[None, :]]))
+            self._append(self.path, epoch, self._predict())
 
 
 def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
