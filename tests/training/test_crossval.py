@@ -50,6 +50,9 @@ def test_out_of_fold_predictions_cover_every_image_exactly_once(toy_split: Split
     assert 0 < selection.threshold < 1
     assert len(summary["per_fold"]["accuracy"]["per_fold"]) == FOLDS
     assert summary["flip_averaged_last_epoch"]["epoch"] == EPOCHS
+    assert summary["raw_weights_without_ema"] is None  # no EMA kept: the raw weights are the only ones
+    assert {"accuracy", "roc_auc", "log_loss"} <= set(summary["recalibrated_batchnorm_last_epoch"])
+    assert np.load(fold_paths(tmp_path, 1).recalibrated).shape == (2, len(folds[0].validation))
 
 
 def test_resume_skips_finished_folds_and_runs_the_rest(toy_split: Split, tmp_path: Path) -> None:
