@@ -78,7 +78,10 @@ def cross_validate(args: argparse.Namespace, loaded: Loaded, settings: FitSettin
 
     root = checkpoint_paths(args).root / "cv"
     folds = stratified_folds(loaded.parts.train, args.cv, args.seed)
-    numbers = run_folds(loaded.parts.train, folds, settings, root, lambda: build_model(args), only=args.cv_only)
+    if args.export_only:  # the folds ran before: read what they measured, fit nothing
+        numbers = [fold.number for fold in folds[: args.cv_only or len(folds)]]
+    else:
+        numbers = run_folds(loaded.parts.train, folds, settings, root, lambda: build_model(args), only=args.cv_only)
     selection = summarize(loaded.parts.train, folds, root, numbers)
     log.info("out of fold: %s", json.dumps(selection.summary))
     return selection
