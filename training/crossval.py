@@ -27,14 +27,12 @@ from sklearn import metrics
 
 from training.batchnorm import recalibrate_batchnorm
 from training.data import DataError, LabelledImages
-from training.evaluate import best_threshold
+from training.evaluate import best_threshold, log_loss
 from training.fit import CheckpointPaths, EpochPredictions, FitSettings, fit
 from training.flips import flip_averaged_predict
 from training.folds import Fold
 
 log = logging.getLogger(__name__)
-# Probabilities are clipped before the log loss so one confident miss cannot make it infinite.
-LOG_LOSS_EPSILON = 1e-7
 
 
 @dataclass(frozen=True)
@@ -124,15 +122,11 @@ def run_folds(
     return [fold.number for fold in chosen]
 
 
-def _log_loss(y: np.ndarray, probability: np.ndarray) -> float:
-    return float(metrics.log_loss(y, np.clip(probability, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON), labels=[0, 1]))
-
-
 def _scores(y: np.ndarray, probability: np.ndarray, threshold: float) -> dict:
     return {
         "accuracy": float(np.mean((probability >= threshold) == y)),
         "roc_auc": float(metrics.roc_auc_score(y, probability)) if len(np.unique(y)) == 2 else None,
-        "log_loss": _log_loss(y, probability),
+        "log_loss": log_loss(y, probability),
     }
 
 
@@ -161,7 +155,7 @@ def summarize(data: LabelledImages, folds: list[Fold], root: Path, numbers: list
     index = np.concatenate([fold.validation for fold, _ in runs])
     y = data.y[index]
     pooled = np.concatenate([p[:common] for _, p in runs], axis=1)  # (epochs, images)
-    curve = [_log_loss(y, pooled[e]) for e in range(common)]
+    curve = [log_loss(y, pooled[e]) for e in range(common)]
     epoch = int(np.argmin(curve))
     threshold = best_threshold(y, pooled[epoch])
     per_fold = [{"fold": fold.number, "images": len(fold.validation),
@@ -189,7 +183,7 @@ def summarize(data: LabelledImages, folds: list[Fold], root: Path, numbers: list
     raw_summary = None
     if all(path.exists() for path in raw):
         raw_pooled = np.concatenate([np.load(path)[:common] for path in raw], axis=1)
-        raw_curve = [_log_loss(y, raw_pooled[e]) for e in range(common)]
+        raw_curve = [log_loss(y, raw_pooled[e]) for e in range(common)]
         raw_epoch = int(np.argmin(raw_curve))
         raw_threshold = best_threshold(y, raw_pooled[raw_epoch])
         raw_summary = {"chosen_epochs": raw_epoch + 1, "threshold": raw_threshold,

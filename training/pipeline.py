@@ -152,10 +152,10 @@ def choose_threshold(
 
 def inference_mode_metrics(model: keras.Model, images: datasets.LabelledImages, threshold: float) -> dict:
     """Metrics of the model as served (no dropout, moving statistics), plus the log loss."""
-    from training.crossval import _log_loss
+    from training.evaluate import log_loss
 
     probability = model.predict(images.x, batch_size=64, verbose=0)[:, 0]
-    return {**binary_metrics(images.y, probability, threshold), "log_loss": _log_loss(images.y, probability)}
+    return {**binary_metrics(images.y, probability, threshold), "log_loss": log_loss(images.y, probability)}
 
 
 def with_interval(metrics: dict) -> dict:
