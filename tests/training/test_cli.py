@@ -451,3 +451,14 @@ def test_cv_only_screens_folds_without_a_final_model_or_the_test_split(
     assert report["out_of_fold"]["covers_every_non_test_image"] is False
     assert not (out / "model.onnx").exists()
     assert capsys.readouterr().out.splitlines()[-1].startswith("out of fold (")
+
+    from training.cv_report import main as cv_report
+
+    assert cv_report(["--checkpoint-dir", str(out / "checkpoints"), "--cv", "4", "--dataset", "folder",
+                      "--data-dir", str(toy_folder)]) == 0  # fmt: skip
+    reread = json.loads(capsys.readouterr().out)
+    assert reread["pooled"] == report["out_of_fold"]["pooled"]
+    assert reread["epochs_reached_per_fold"] == {"1": 1}
+    assert cv_report(["--checkpoint-dir", str(out / "checkpoints"), "--cv", "3", "--dataset", "folder",
+                      "--data-dir", str(toy_folder)]) == 2  # fmt: skip
+    assert "holds other folds" in capsys.readouterr().err
