@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--jitter", type=float, default=0.0,
                      help="brightness/contrast jitter: brightness +-J*255/2, contrast x[1-J, 1+J]; 0 = off, 0.1 mild")
     fit.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction, default=False,
-                     help="after the fit, measure BatchNorm statistics in inference mode on the training images")
+                     help="after the fit, measure BatchNorm statistics in inference mode on the training "
+                          "images (always on with --cv)")
     fit.add_argument("--initial-weights", type=Path,
                      help="start from these weights (a best.weights.h5 of an earlier run) instead of "
                           "random ones")

@@ -127,8 +127,13 @@ def float32_model(args: argparse.Namespace, model: keras.Model) -> keras.Model:
     return served
 
 
+def recalibrates_batchnorm(args: argparse.Namespace) -> bool:
+    """Always with --cv: the folds' out-of-fold predictions, which chose the recipe, were measured so."""
+    return bool(args.recalibrate_batchnorm or args.cv)
+
+
 def recalibrate(args: argparse.Namespace, model: keras.Model, parts: datasets.Split) -> None:
-    if args.recalibrate_batchnorm:
+    if recalibrates_batchnorm(args):
         from training.batchnorm import recalibrate_batchnorm
 
         count = recalibrate_batchnorm(model, parts.train.x)
@@ -240,7 +245,7 @@ def training_record(args: argparse.Namespace, settings: FitSettings, epochs_run:
         "lr_schedule": args.lr_schedule, "warmup_epochs": args.warmup_epochs, "class_weight": args.class_weight,
         "soft_targets": args.soft_targets, "jitter": args.jitter,
         "ema_momentum": args.ema_momentum if args.ema else None,
-        "recalibrate_batchnorm": args.recalibrate_batchnorm,
+        "recalibrate_batchnorm": recalibrates_batchnorm(args),
         "kept_weights": settings.keep, "stopped_after_epochs": settings.stop_after,
         "initial_weights": None if args.initial_weights is None else {
             "file": str(args.initial_weights), "sha256": sha256_of(args.initial_weights)},
