@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.checkpoint_dir / "cv"
     try:
-        loaded = datasets.load_elpv() if args.dataset == "elpv" else datasets.load_folder(args.data_dir)
+        # Folds depend on labels and strata only: ELPV's images need not be decoded.
+        loaded = datasets.load_elpv(decode=False) if args.dataset == "elpv" else datasets.load_folder(args.data_dir)
         non_test = datasets.split(loaded, args.test_split, 0.0, args.seed).train
         folds = stratified_folds(non_test, args.cv, args.seed)
         recorded = json.loads((root / "folds.json").read_text()) if (root / "folds.json").exists() else None

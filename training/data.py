@@ -105,16 +105,21 @@ def elpv_table() -> np.ndarray:
     )
 
 
-def load_elpv() -> LabelledImages:
+def load_elpv(decode: bool = True) -> LabelledImages:
     """The 2,624 ELPV cells, read from the package's original 300x300 PNG files.
 
     Soft targets are the experts' defect probability (0, 1/3, 2/3, 1); strata pair it with the cell
-    type (mono, poly), so folds keep both mixes.
+    type (mono, poly), so folds keep both mixes. decode=False skips the images (x is empty per cell):
+    enough to rebuild splits and folds, which depend on labels and strata only.
     """
     root = elpv_root()
     table = elpv_table()
-    labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int).tolist()
-    images = _read([root / p for p in table["path"]], labels, ELPV_CLASS_NAMES)
+    labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int)
+    paths = [root / p for p in table["path"]]
+    if decode:
+        images = _read(paths, labels.tolist(), ELPV_CLASS_NAMES)
+    else:
+        images = LabelledImages(np.zeros((len(paths), 0), np.float32), labels, tuple(map(str, paths)), ELPV_CLASS_NAMES)
     votes = np.round(table["probability"] * 3).astype(int)
     return LabelledImages(
         images.x, images.y, images.sources, images.class_names,
