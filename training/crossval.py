@@ -114,6 +114,10 @@ def run_folds(
                 stale.unlink(missing_ok=True)
         log.info("fold %d of %d: %d training, %d out-of-fold images",
                  fold.number, len(folds), len(fold.train), len(fold.validation))
+        # One model per fold: free the last one's graph (clear_session also resets the dtype policy).
+        policy = keras.mixed_precision.global_policy()
+        keras.backend.clear_session()
+        keras.mixed_precision.set_global_policy(policy)
         keras.utils.set_random_seed(settings.seed + fold.number)
         model = build_model()
         held_back = data.subset(fold.validation)
