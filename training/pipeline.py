@@ -83,6 +83,11 @@ def cross_validate(args: argparse.Namespace, loaded: Loaded, settings: FitSettin
     else:
         numbers = run_folds(loaded.parts.train, folds, settings, root, lambda: build_model(args), only=args.cv_only)
     selection = summarize(loaded.parts.train, folds, root, numbers)
+    selection.summary.update({
+        "seed": args.seed, "fold_sizes": [len(fold.validation) for fold in folds],
+        "stratified_on": "label x annotators' vote share x cell type" if args.dataset == "elpv" else "label",
+        "fold_membership": str(root / "folds.json"),
+    })  # fmt: skip
     log.info("out of fold: %s", json.dumps(selection.summary))
     return selection
 

@@ -389,6 +389,8 @@ def test_cv_chooses_epochs_and_threshold_out_of_fold_and_fits_once_on_every_non_
     selection = meta["selection"]
     assert selection["folds"] == 3
     assert selection["folds_run"] == [1, 2, 3]
+    assert sum(selection["fold_sizes"]) == split["train"]
+    assert (selection["seed"], selection["stratified_on"]) == (42, "label")
     assert selection["covers_every_non_test_image"] is True
     assert selection["images_out_of_fold"] == split["train"]
     assert meta["threshold"] == selection["threshold"]
