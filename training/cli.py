@@ -221,8 +221,9 @@ def run(args: argparse.Namespace) -> dict:
             tta_threshold = selection.flips_threshold
         tta_path, tta_metrics = step.export_flip_averaged(model, onnx_path, metadata, parts.test, tta_threshold,
                                                           onnx_metrics)
-        metadata["variants"] = {"flip_averaged": {"file": tta_path.name, "threshold": tta_threshold,
-                                                  "test_accuracy": tta_metrics["accuracy"]}}
+        # Not "variants": on main that key lists precision variants for the service's PRECISION=auto.
+        metadata["flip_averaged_variant"] = {"file": tta_path.name, "threshold": tta_threshold,
+                                             "test_accuracy": tta_metrics["accuracy"]}
     write_metadata(onnx_path, metadata)
     if args.int8:
         step.write_int8(onnx_path, metadata, parts, threshold, onnx_probability, onnx_metrics)

@@ -430,8 +430,9 @@ def test_flip_averaged_variant_is_written_beside_the_model_with_both_accuracies(
     assert variant["onnx_file"] == "model.tta.onnx"
     assert variant["test_time_augmentation"]["flips"] == ["identity", "horizontal", "vertical", "both"]
     assert variant["test_time_augmentation"]["plain_test_accuracy"] == plain["test_metrics"]["accuracy"]
-    assert plain["variants"]["flip_averaged"]["file"] == "model.tta.onnx"
-    assert plain["variants"]["flip_averaged"]["test_accuracy"] == variant["test_metrics"]["accuracy"]
+    assert plain["flip_averaged_variant"]["file"] == "model.tta.onnx"
+    assert plain["flip_averaged_variant"]["test_accuracy"] == variant["test_metrics"]["accuracy"]
+    assert "variants" not in plain  # main's precision-variant list, written by training.variants
     assert variant["input"] == plain["input"]
     session = ort.InferenceSession(str(cross_validated.out / "model.tta.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "input"
