@@ -465,3 +465,18 @@ def test_cv_only_screens_folds_without_a_final_model_or_the_test_split(
     assert cv_report(["--checkpoint-dir", str(out / "checkpoints"), "--cv", "3", "--dataset", "folder",
                       "--data-dir", str(toy_folder)]) == 2  # fmt: skip
     assert "holds other folds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cv_export_only_reuses_the_folds_and_the_final_weights(cross_validated: Run) -> None:
+    before = metadata(cross_validated.out / "model.json")
+    folds = sorted((cross_validated.out / "checkpoints" / "cv").glob("fold-*/predictions.npy"))
+    stamps = [p.stat().st_mtime_ns for p in folds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main([*cross_validated.argv, "--export-only"])
+
+    after = metadata(cross_validated.out / "model.json")
+    assert code == 0
+    assert [p.stat().st_mtime_ns for p in folds] == stamps  # no fold fitted again
+    assert after["selection"]["pooled"] == before["selection"]["pooled"]
+    assert after["test_metrics"]["confusion_matrix"] == before["test_metrics"]["confusion_matrix"]
