@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="fit the annotators' defect probability (ELPV: 0, 1/3, 2/3, 1) with binary "
                           "cross-entropy instead of the 0/1 label; a folder data set has only labels")
     fit.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False,
-                     help="keep an exponential moving average of the weights (Adam's use_ema) and end with it")
+                     help="keep an exponential moving average of the weights (Adam's use_ema) and end with it "
+                          "(so no best-checkpoint picking or early stopping)")
     fit.add_argument("--ema-momentum", type=float, default=0.995,
                      help="weight of the running average per step (0.995: about the last 200 steps)")
     fit.add_argument("--jitter", type=float, default=0.0,

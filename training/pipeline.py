@@ -58,7 +58,9 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
         early_stopping_patience=args.early_stopping_patience,
         reduce_lr_patience=args.reduce_lr_patience, seed=args.seed, resume=args.resume,
         quarter_turns=args.quarter_turns, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-        soft_targets=args.soft_targets, jitter=args.jitter, keep="last" if args.cv else "best",
+        soft_targets=args.soft_targets, jitter=args.jitter,
+        # A best-validation checkpoint holds raw weights, which would throw the average away.
+        keep="last" if args.cv or args.ema else "best",
     )  # fmt: skip
 
 

@@ -480,3 +480,12 @@ def test_cv_export_only_reuses_the_folds_and_the_final_weights(cross_validated: 
     assert [p.stat().st_mtime_ns for p in folds] == stamps  # no fold fitted again
     assert after["selection"]["pooled"] == before["selection"]["pooled"]
     assert after["test_metrics"]["confusion_matrix"] == before["test_metrics"]["confusion_matrix"]
+
+
+def test_ema_without_cv_keeps_the_averaged_weights_not_a_best_checkpoint() -> None:
+    from training.cli import parse_args
+    from training.pipeline import fit_settings
+
+    assert fit_settings(parse_args(["--ema"])).keep == "last"
+    assert fit_settings(parse_args([])).keep == "best"
+    assert fit_settings(parse_args(["--cv", "5"])).keep == "last"
