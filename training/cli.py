@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import platform
 import shlex
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_OUT = Path("models")
-# Enough for stable activation ranges; the calibrator keeps every batch's activations in memory.
-CALIBRATION_IMAGES = 128
+log = logging.getLogger("train")
 
 
 def _filters(text: str) -> tuple[int, ...]:
@@ -65,6 +61,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--lr-schedule", choices=("plateau", "cosine"), default="plateau",
                      help="plateau: halve the rate when validation loss stalls; cosine: decay from "
                           "--learning-rate to 1e-6 over --epochs")
+    fit.add_argument("--warmup-epochs", type=int, default=0,
+                     help="linear warm-up epochs before the cosine decay (--lr-schedule cosine)")
+    fit.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=False,
+                     help="fit the annotators' defect probability (ELPV: 0, 1/3, 2/3, 1) with binary "
+                          "cross-entropy instead of the 0/1 label; a folder data set has only labels")
+    fit.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False,
+                     help="keep an exponential moving average of the weights (Adam's use_ema) and end with it "
+                          "(so no best-checkpoint picking or early stopping)")
+    fit.add_argument("--ema-momentum", type=float, default=0.995,
+                     help="weight of the running average per step (0.995: about the last 200 steps)")
+    fit.add_argument("--jitter", type=float, default=0.0,
+                     help="brightness/contrast jitter: brightness +-J*255/2, contrast x[1-J, 1+J]; 0 = off, 0.1 mild")
+    fit.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction, default=False,
+                     help="after the fit, measure BatchNorm statistics in inference mode on the training "
+                          "images (always on with --cv)")
     fit.add_argument("--initial-weights", type=Path,
                      help="start from these weights (a best.weights.h5 of an earlier run) instead of "
                           "random ones")
@@ -82,6 +93,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--filters", type=_filters,
                      default=(512, 256, 128),
                      help="filters per block, comma separated (the seed's by default; smaller for experiments)")
+    select = p.add_argument_group("selection")
+    select.add_argument("--cv", type=int, default=0, metavar="K",
+                        help="stratified K-fold over the non-test images: epochs and threshold chosen out of "
+                             "fold, then one final fit on all of them (no validation split); 0 = off")
+    select.add_argument("--cv-only", type=int, default=None, metavar="N",
+                        help="screening: run only the first N folds, report their out-of-fold figures "
+                             "(OUT/cv-screening.json) and stop; no final model")
+    select.add_argument("--compare-with", type=Path,
+                        help="an earlier model.onnx (with its .json): McNemar's test on the same held-out images")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for model.onnx, model.json and plots")
     out.add_argument("--checkpoint-dir", type=Path, help="default: OUT/checkpoints")
@@ -92,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="skip fitting: evaluate and export the best checkpoint in --checkpoint-dir")
     out.add_argument("--int8", action=argparse.BooleanOptionalAction, default=False,
                      help="also write model.int8.onnx, statically quantized and evaluated")
+    out.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                     help="also write model.tta.onnx: the mean over the four flips folded into the graph")
     args = p.parse_args(argv)
     # Recorded in the metadata; sys.argv is someone else's when main() is called with arguments.
     args.command = shlex.join(["train", *(sys.argv[1:] if argv is None else argv)])
@@ -105,6 +127,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--epochs and --batch-size must be positive")
     if args.threshold != "auto" and not 0 < args.threshold < 1:
         p.error("--threshold must be between 0 and 1, or auto")
+    if args.cv == 1 or args.cv < 0:
+        p.error("--cv needs at least 2 folds (0 turns it off)")
+    if args.cv_only is not None and not (args.cv and 1 <= args.cv_only <= args.cv):
+        p.error("--cv-only needs --cv K and a count between 1 and K")
+    if not 0 <= args.jitter < 1:
+        p.error("--jitter must be in [0, 1)")
+    if not 0 < args.ema_momentum < 1:
+        p.error("--ema-momentum must be between 0 and 1")
+    if args.warmup_epochs < 0 or args.warmup_epochs >= args.epochs:
+        p.error("--warmup-epochs must be at least 0 and fewer than --epochs")
+    if args.compare_with is not None and not args.compare_with.is_file():
+        p.error(f"--compare-with {args.compare_with} is not a file")
     if args.initial_weights is not None and not args.initial_weights.is_file():
         p.error(f"--initial-weights {args.initial_weights} is not a file")
     return args
@@ -121,167 +155,96 @@ def _check_writable(folder: Path) -> None:
         raise DataError(f"no write permission on output folder {folder}")
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
-
-
 def run(args: argparse.Namespace) -> dict:
-    """The whole pipeline; returns the metadata it wrote."""
+    """The whole pipeline, one named step a line; returns the metadata it wrote."""
     _check_writable(args.out)
     # Heavy imports after argument checks so --help and bad options answer at once.
     import keras
 
-    from service.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
-    from training import data as datasets
-    from training.evaluate import best_threshold, binary_metrics, plot_confusion, plot_history, plot_roc
-    from training.export import export_onnx, onnx_predict, sha256_of, verify_export, write_metadata
-    from training.fit import CheckpointPaths, FitSettings, fit, read_history
-    from training.model import compile_model, make_model
+    from training import pipeline as step
+    from training.evaluate import binary_metrics
+    from training.export import onnx_predict, write_metadata
+    from training.fit import read_history
 
-    log = logging.getLogger("train")
     keras.utils.set_random_seed(args.seed)
-    loaded = datasets.load_elpv() if args.dataset == "elpv" else datasets.load_folder(args.data_dir)
-    log.info("loaded %d images: %s", len(loaded), loaded.class_counts())
-    if args.validation_data is not None:
-        parts = datasets.split(loaded, args.test_split, 0.0, args.seed)
-        validation = datasets.load_folder(args.validation_data)
-        if validation.class_names != loaded.class_names:
-            raise datasets.DataError(
-                f"validation classes {validation.class_names} differ from {loaded.class_names}"
-            )
-        parts = datasets.Split(parts.train, validation, parts.test)
-    else:
-        parts = datasets.split(loaded, args.test_split, args.validation_split, args.seed)
-    log.info("split: train %d, validation %d, test %d",
-             len(parts.train), len(parts.validation), len(parts.test))
-
+    loaded = step.load_data(args)
+    parts = loaded.parts
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = compile_model(
-        make_model((*INPUT_SIZE, 1), filters=args.filters), learning_rate=args.learning_rate
-    )
-    model.summary()
-    settings = FitSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        augment=args.augment, class_weight=args.class_weight,
-        early_stopping_patience=args.early_stopping_patience,
-        reduce_lr_patience=args.reduce_lr_patience, seed=args.seed, resume=args.resume,
-        quarter_turns=args.quarter_turns, lr_schedule=args.lr_schedule,
-    )
-    checkpoints = CheckpointPaths(args.checkpoint_dir or args.out / "checkpoints")
-    if args.export_only:
-        if not checkpoints.best_weights.exists():
-            raise datasets.DataError(f"no checkpoint to export: {checkpoints.best_weights} does not exist")
-        model.load_weights(str(checkpoints.best_weights))
-    else:
-        if args.initial_weights is not None:
-            try:
-                model.load_weights(str(args.initial_weights))
-            except (ValueError, OSError) as exc:
-                raise datasets.DataError(f"cannot load --initial-weights {args.initial_weights}: {exc}") from exc
-        fit(model, parts.train, parts.validation or None, settings, checkpoints)
+    settings = step.fit_settings(args)
+    selection = None
+    if args.cv:
+        selection = step.cross_validate(args, loaded, settings)
+        if args.cv_only:
+            return _screening_report(args, selection.summary)
+        settings = step.final_settings(settings, selection)
+        keras.utils.set_random_seed(args.seed)
+    model = step.build_model(args)
+    checkpoints = step.fit_or_load(args, model, parts, settings)
     history = read_history(checkpoints.history)
     throughput = [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
-    if args.mixed_precision:
-        # The served graph is float32: same weights, float32 arithmetic.
-        keras.mixed_precision.set_global_policy("float32")
-        trained = model
-        model = make_model((*INPUT_SIZE, 1), filters=args.filters)
-        model.set_weights(trained.get_weights())
+    model = step.float32_model(args, model)
+    step.recalibrate(args, model, parts)
+    threshold, threshold_selection = step.choose_threshold(args, model, parts, selection)
 
-    if args.threshold == "auto":
-        if not len(parts.validation):
-            raise datasets.DataError("--threshold auto needs a validation set")
-        args.threshold = best_threshold(
-            parts.validation.y, model.predict(parts.validation.x, batch_size=64, verbose=0)[:, 0]
-        )
-        args.threshold_selection = "maximises validation accuracy"
-        log.info("threshold %.3f maximises validation accuracy", args.threshold)
     probability = model.predict(parts.test.x, batch_size=64, verbose=0)[:, 0]
-    test_metrics = binary_metrics(parts.test.y, probability, args.threshold)
+    test_metrics = binary_metrics(parts.test.y, probability, threshold)
     log.info("held-out test: %s", test_metrics)
-    plot_history(checkpoints.history, args.out / "training_curves.png")
-    plot_roc(parts.test.y, probability, args.out / "roc_curve.png")
-    plot_confusion(test_metrics["confusion_matrix"], loaded.class_names, args.out / "confusion_matrix.png")
+    train_metrics = step.inference_mode_metrics(model, parts.train, threshold)
+    step.write_plots(args.out, checkpoints.history, parts.test, probability, test_metrics,
+                     loaded.everything.class_names)
 
     onnx_path = args.out / "model.onnx"
-    export_onnx(model, onnx_path)
-    difference = verify_export(model, onnx_path, parts.test.x[:64])
-    log.info("exported %s; max |keras - onnx| = %.2e on %d held-out images",
-             onnx_path, difference, min(64, len(parts.test)))
+    # Before the export: --compare-with may name the file this run is about to replace.
+    previous = step.previous_answers(args.compare_with, parts.test)
+    difference = step.export_verified(model, onnx_path, parts.test)
     onnx_probability = onnx_predict(onnx_path, parts.test.x)[:, 0]
-    onnx_metrics = binary_metrics(parts.test.y, onnx_probability, args.threshold)
-
+    onnx_metrics = step.with_interval(binary_metrics(parts.test.y, onnx_probability, threshold))
+    comparison = step.compare_with_previous(previous, parts.test, onnx_probability, threshold)
     metadata = {
-        "name": "seed-cnn",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input": {"name": "input", "shape": [None, *INPUT_SIZE, 1], "dtype": "float32"},
-        "output": {"shape": [None, 1], "dtype": "float32",
-                   "meaning": f"probability of class '{loaded.class_names[1]}'"},
-        "class_names": list(loaded.class_names),
-        "threshold": args.threshold,
-        "threshold_selection": getattr(args, "threshold_selection", "fixed by --threshold"),
-        "preprocessing": PREPROCESSING_DESCRIPTION,
-        "dataset": {
-            "name": args.dataset,
-            "source": "elpv-dataset (Buerhop-Lutz et al. 2018; Deitsch et al. 2019), CC BY-NC-SA 4.0"
-            if args.dataset == "elpv" else str(args.data_dir),
-            "images": len(loaded),
-            "class_counts": loaded.class_counts(),
-            "split": {"train": len(parts.train), "validation": len(parts.validation),
-                      "test": len(parts.test), "test_fraction": args.test_split,
-                      "validation_fraction": args.validation_split, "seed": args.seed,
-                      "stratified": True},
-        },
+        **step.base_metadata(args, loaded, threshold, threshold_selection),
         "test_metrics": onnx_metrics,
         "keras_test_metrics": test_metrics,
+        "train_metrics_inference_mode": train_metrics,
+        "selection": selection.summary if selection is not None else {
+            "method": "validation split" if len(parts.validation) else "none",
+            "weights": "best validation loss" if len(parts.validation) else "best training loss"},
+        "comparison_with_previous": comparison,
         "export": {"tool": "tf2onnx.convert.from_function", "opset": 17,
                    "max_abs_difference_vs_keras": difference, "tolerance": 1e-4},
-        "training": {
-            "epochs_requested": args.epochs, "epochs_run": len(history),
-            "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-            "optimizer": "adam", "loss": "binary_crossentropy",
-            "augment": args.augment, "quarter_turns": args.quarter_turns,
-            "lr_schedule": args.lr_schedule, "class_weight": args.class_weight,
-            "initial_weights": None if args.initial_weights is None else {
-                "file": str(args.initial_weights), "sha256": sha256_of(args.initial_weights)},
-            "early_stopping_patience": args.early_stopping_patience,
-            "reduce_lr_patience": args.reduce_lr_patience, "mixed_precision": args.mixed_precision,
-            "filters": list(args.filters), "parameters": int(model.count_params()),
-            "images_per_s_per_epoch": [round(v, 2) for v in throughput],
-            "command": args.command,
-        },
-        "versions": _versions(),
+        "training": step.training_record(args, settings, len(history), throughput, int(model.count_params())),
+        "versions": step.versions(),
         "quantization": None,
-    }
+    }  # fmt: skip
+    if args.tta:
+        tta_threshold = threshold
+        if selection is not None and selection.flips_threshold is not None:
+            tta_threshold = selection.flips_threshold
+        tta_path, tta_metrics = step.export_flip_averaged(model, onnx_path, metadata, parts.test, tta_threshold,
+                                                          onnx_metrics)
+        # Not "variants": on main that key lists precision variants for the service's PRECISION=auto.
+        metadata["flip_averaged_variant"] = {"file": tta_path.name, "threshold": tta_threshold,
+                                             "test_accuracy": tta_metrics["accuracy"]}
     write_metadata(onnx_path, metadata)
     if args.int8:
-        from training.quantize import quantize_int8
-
-        int8_path = args.out / "model.int8.onnx"
-        quantize_int8(onnx_path, int8_path, parts.train.x[: min(CALIBRATION_IMAGES, len(parts.train))])
-        int8_probability = onnx_predict(int8_path, parts.test.x)[:, 0]
-        int8_metrics = binary_metrics(parts.test.y, int8_probability, args.threshold)
-        changed = int(((int8_probability >= args.threshold)
-                       != (onnx_probability >= args.threshold)).sum())
-        write_metadata(int8_path, {
-            **metadata, "test_metrics": int8_metrics,
-            "quantization": {"method": "onnxruntime static QDQ, per-channel, U8 activations, S8 weights",
-                             "calibration_images": min(CALIBRATION_IMAGES, len(parts.train)),
-                             "fp32_test_accuracy": onnx_metrics["accuracy"],
-                             "labels_changed_vs_fp32": changed},
-        })
-        log.info("int8 held-out accuracy %.4f (fp32 %.4f), %d labels changed",
-                 int8_metrics["accuracy"], onnx_metrics["accuracy"], changed)
+        step.write_int8(onnx_path, metadata, parts, threshold, onnx_probability, onnx_metrics)
     print(f"held-out test accuracy {onnx_metrics['accuracy']:.4f}, ROC AUC {onnx_metrics['roc_auc']}; "
           f"wrote {onnx_path} and {onnx_path.with_suffix('.json')}")
     return metadata
+
+
+def _screening_report(args: argparse.Namespace, summary: dict) -> dict:
+    """--cv-only N: the folds' figures alone; no final model, nothing exported, the test split untouched."""
+    import json
+
+    path = args.out / "cv-screening.json"
+    report = {"command": args.command, "out_of_fold": summary}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    pooled = summary["pooled"]
+    print(f"out of fold ({summary['images_out_of_fold']} images, folds {summary['folds_run']}): "
+          f"accuracy {pooled['accuracy']:.4f}, ROC AUC {pooled['roc_auc']:.4f}, log loss {pooled['log_loss']:.4f} "
+          f"at epoch {summary['chosen_epochs']}; wrote {path}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

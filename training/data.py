@@ -22,19 +22,33 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Model inputs (N, 100, 100, 1) raw 0-255, labels (N,) in {0, 1} and where each came from."""
+    """Model inputs (N, 100, 100, 1) raw 0-255, labels (N,) in {0, 1} and where each came from.
+
+    `soft_targets` (N,) in [0, 1] is what annotators said where a data set has more than a label
+    (ELPV: the share of experts' votes for "defective"); `strata` (N,) names the group each image is
+    stratified in (ELPV: vote share and cell type). Both default to the label.
+    """
 
     x: np.ndarray
     y: np.ndarray
     sources: tuple[str, ...]
     class_names: tuple[str, str]
+    soft_targets: np.ndarray | None = None
+    strata: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.soft_targets is None:
+            object.__setattr__(self, "soft_targets", self.y.astype(np.float32))
+        if self.strata is None:
+            object.__setattr__(self, "strata", np.array([f"label {v}" for v in self.y]))
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, index: np.ndarray) -> LabelledImages:
         return LabelledImages(
-            self.x[index], self.y[index], tuple(self.sources[i] for i in index), self.class_names
+            self.x[index], self.y[index], tuple(self.sources[i] for i in index), self.class_names,
+            self.soft_targets[index], self.strata[index],
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -91,12 +105,27 @@ def elpv_table() -> np.ndarray:
     )
 
 
-def load_elpv() -> LabelledImages:
-    """The 2,624 ELPV cells, read from the package's original 300x300 PNG files."""
+def load_elpv(decode: bool = True) -> LabelledImages:
+    """The 2,624 ELPV cells, read from the package's original 300x300 PNG files.
+
+    Soft targets are the experts' defect probability (0, 1/3, 2/3, 1); strata pair it with the cell
+    type (mono, poly), so folds keep both mixes. decode=False skips the images (x is empty per cell):
+    enough to rebuild splits and folds, which depend on labels and strata only.
+    """
     root = elpv_root()
     table = elpv_table()
-    labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int).tolist()
-    return _read([root / p for p in table["path"]], labels, ELPV_CLASS_NAMES)
+    labels = (table["probability"] >= ELPV_DEFECT_THRESHOLD).astype(int)
+    paths = [root / p for p in table["path"]]
+    if decode:
+        images = _read(paths, labels.tolist(), ELPV_CLASS_NAMES)
+    else:
+        images = LabelledImages(np.zeros((len(paths), 0), np.float32), labels, tuple(map(str, paths)), ELPV_CLASS_NAMES)
+    votes = np.round(table["probability"] * 3).astype(int)
+    return LabelledImages(
+        images.x, images.y, images.sources, images.class_names,
+        soft_targets=table["probability"].astype(np.float32),
+        strata=np.array([f"{v}/3 {kind}" for v, kind in zip(votes, table["type"], strict=True)]),
+    )
 
 
 @dataclass(frozen=True)

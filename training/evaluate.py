@@ -30,6 +30,16 @@ def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float
     }
 
 
+# Probabilities are clipped before the log loss so one confident miss cannot make it infinite.
+LOG_LOSS_EPSILON = 1e-7
+
+
+def log_loss(y_true: np.ndarray, probability: np.ndarray) -> float:
+    """Binary cross-entropy against the 0/1 labels, the figure every split and fold is compared on."""
+    clipped = np.clip(probability, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
+    return float(metrics.log_loss(y_true, clipped, labels=[0, 1]))
+
+
 def best_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:
     """The threshold with the highest accuracy (ties: the one nearest 0.5); call it on validation data only."""
     candidates = np.round(np.linspace(0.05, 0.95, 181), 3)

@@ -33,10 +33,16 @@ def make_model(
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """Adam + binary cross-entropy, as the seed; AUC added because the classes are imbalanced."""
+def compile_model(
+    model: keras.Model, learning_rate: float = 1e-3, ema_momentum: float | None = None
+) -> keras.Model:
+    """Adam + binary cross-entropy, as the seed; AUC added because the classes are imbalanced.
+
+    With `ema_momentum` the optimizer keeps a moving average of the weights, and fit() ends with it.
+    """
+    ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": ema_momentum}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, **ema),
         loss="binary_crossentropy",
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )

@@ -28,7 +28,9 @@ OPTIONS = [
     "--no-class-weight", "--early-stopping-patience", "--reduce-lr-patience", "--mixed-precision",
     "--seed", "--resume", "--filters", "--quarter-turns", "--no-quarter-turns", "--lr-schedule",
     "--initial-weights", "--out", "--checkpoint-dir", "--threshold", "--export-only",
-    "--int8", "--no-int8",
+    "--int8", "--no-int8", "--warmup-epochs", "--soft-targets", "--no-soft-targets", "--ema", "--no-ema",
+    "--ema-momentum", "--jitter", "--recalibrate-batchnorm", "--no-recalibrate-batchnorm", "--cv", "--cv-only",
+    "--compare-with", "--tta", "--no-tta",
 ]  # fmt: skip
 
 
@@ -322,6 +324,15 @@ def test_train_refuses_an_output_folder_it_cannot_write(tmp_path: Path, capsys: 
             id="initial-weights-missing",
         ),
         pytest.param(["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'", id="lr-schedule"),
+        pytest.param(["--cv", "1"], r"--cv needs at least 2 folds \(0 turns it off\)", id="cv-1"),
+        pytest.param(["--cv-only", "1"], "--cv-only needs --cv K and a count between 1 and K", id="cv-only-alone"),
+        pytest.param(["--cv", "3", "--cv-only", "4"], "--cv-only needs --cv K", id="cv-only-too-many"),
+        pytest.param(["--jitter", "1"], r"--jitter must be in \[0, 1\)", id="jitter"),
+        pytest.param(["--ema-momentum", "1"], "--ema-momentum must be between 0 and 1", id="ema-momentum"),
+        pytest.param(["--warmup-epochs", "40"], "--warmup-epochs must be at least 0 and fewer than --epochs",
+                     id="warmup"),
+        pytest.param(["--compare-with", "/nonexistent/model.onnx"],
+                     "--compare-with /nonexistent/model.onnx is not a file", id="compare-with-missing"),
         pytest.param(["--no-such-option"], "unrecognized arguments: --no-such-option", id="unknown-option"),
     ],
 )
@@ -349,3 +360,132 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(out.split())
     for option, default in (("--epochs EPOCHS", 40), ("--batch-size BATCH_SIZE", 32), ("--seed SEED", 42)):
         assert re.search(rf"{option} [^(]+ \(default: {default}\)", text), f"{option} has no help or default"
+
+
+@pytest.fixture(scope="module")
+def cross_validated(trained: Run, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """--cv 3 with every new recipe switch, compared with the plain run's model, flip-averaged variant written."""
+    out = tmp_path_factory.mktemp("cv") / "out"
+    argv = ["--dataset", "folder", "--data-dir", str(trained.data_dir), "--filters", "8,8,8", "--epochs", "2",
+            "--cv", "3", "--soft-targets", "--ema", "--jitter", "0.1", "--lr-schedule", "cosine",
+            "--warmup-epochs", "1", "--recalibrate-batchnorm", "--tta",
+            "--compare-with", str(trained.out / "model.onnx"), "--out", str(out)]  # fmt: skip
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(argv)
+    return Run(code, out, argv, stdout.getvalue(), trained.data_dir)
+
+
+@pytest.mark.slow
+def test_cv_chooses_epochs_and_threshold_out_of_fold_and_fits_once_on_every_non_test_image(
+    cross_validated: Run,
+) -> None:
+    assert cross_validated.code == 0
+    meta = metadata(cross_validated.out / "model.json")
+
+    split = meta["dataset"]["split"]
+    assert split["validation"] == 0
+    assert split["train"] + split["test"] == 128
+    selection = meta["selection"]
+    assert selection["folds"] == 3
+    assert selection["folds_run"] == [1, 2, 3]
+    assert sum(selection["fold_sizes"]) == split["train"]
+    assert (selection["seed"], selection["stratified_on"]) == (42, "label")
+    assert selection["covers_every_non_test_image"] is True
+    assert selection["images_out_of_fold"] == split["train"]
+    assert meta["threshold"] == selection["threshold"]
+    assert "out-of-fold" in meta["threshold_selection"]
+    training = meta["training"]
+    assert training["stopped_after_epochs"] == selection["chosen_epochs"] == training["epochs_run"]
+    assert (training["soft_targets"], training["ema_momentum"], training["jitter"]) == (True, 0.995, 0.1)
+    assert (training["kept_weights"], training["recalibrate_batchnorm"], training["warmup_epochs"]) == (
+        "last", True, 1,
+    )  # fmt: skip
+    assert {"mean", "std", "per_fold"} <= set(selection["per_fold"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_metadata_reports_training_accuracy_in_inference_mode_an_interval_and_mcnemar(cross_validated: Run) -> None:
+    meta = metadata(cross_validated.out / "model.json")
+
+    train = meta["train_metrics_inference_mode"]
+    assert train["images"] == meta["dataset"]["split"]["train"]
+    assert {"accuracy", "roc_auc", "log_loss"} <= set(train)
+    interval = meta["test_metrics"]["accuracy_interval_95"]
+    assert interval["low"] <= meta["test_metrics"]["accuracy"] <= interval["high"]
+    comparison = meta["comparison_with_previous"]
+    assert comparison["model"].endswith("model.onnx")
+    mcnemar = comparison["mcnemar_exact"]
+    assert mcnemar["images"] == meta["test_metrics"]["images"]
+    assert 0 <= mcnemar["p_value"] <= 1
+
+
+@pytest.mark.slow
+def test_flip_averaged_variant_is_written_beside_the_model_with_both_accuracies(cross_validated: Run) -> None:
+    import onnxruntime as ort
+
+    plain = metadata(cross_validated.out / "model.json")
+    variant = metadata(cross_validated.out / "model.tta.json")
+
+    assert variant["onnx_file"] == "model.tta.onnx"
+    assert variant["test_time_augmentation"]["flips"] == ["identity", "horizontal", "vertical", "both"]
+    assert variant["test_time_augmentation"]["plain_test_accuracy"] == plain["test_metrics"]["accuracy"]
+    assert plain["flip_averaged_variant"]["file"] == "model.tta.onnx"
+    assert plain["flip_averaged_variant"]["test_accuracy"] == variant["test_metrics"]["accuracy"]
+    assert "variants" not in plain  # main's precision-variant list, written by training.variants
+    assert variant["input"] == plain["input"]
+    session = ort.InferenceSession(str(cross_validated.out / "model.tta.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "input"
+    assert session.run(None, {"input": np.zeros((2, 100, 100, 1), np.float32)})[0].shape == (2, 1)
+
+
+@pytest.mark.slow
+def test_cv_only_screens_folds_without_a_final_model_or_the_test_split(
+    toy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+
+    code = main(["--dataset", "folder", "--data-dir", str(toy_folder), "--filters", "4", "--epochs", "1",
+                 "--cv", "4", "--cv-only", "1", "--out", str(out)])  # fmt: skip
+
+    assert code == 0
+    report = json.loads((out / "cv-screening.json").read_text())
+    assert report["out_of_fold"]["folds_run"] == [1]
+    assert report["out_of_fold"]["covers_every_non_test_image"] is False
+    assert not (out / "model.onnx").exists()
+    assert capsys.readouterr().out.splitlines()[-1].startswith("out of fold (")
+
+    from training.cv_report import main as cv_report
+
+    assert cv_report(["--checkpoint-dir", str(out / "checkpoints"), "--cv", "4", "--dataset", "folder",
+                      "--data-dir", str(toy_folder)]) == 0  # fmt: skip
+    reread = json.loads(capsys.readouterr().out)
+    assert reread["pooled"] == report["out_of_fold"]["pooled"]
+    assert reread["epochs_reached_per_fold"] == {"1": 1}
+    assert cv_report(["--checkpoint-dir", str(out / "checkpoints"), "--cv", "3", "--dataset", "folder",
+                      "--data-dir", str(toy_folder)]) == 2  # fmt: skip
+    assert "holds other folds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cv_export_only_reuses_the_folds_and_the_final_weights(cross_validated: Run) -> None:
+    before = metadata(cross_validated.out / "model.json")
+    folds = sorted((cross_validated.out / "checkpoints" / "cv").glob("fold-*/predictions.npy"))
+    stamps = [p.stat().st_mtime_ns for p in folds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main([*cross_validated.argv, "--export-only"])
+
+    after = metadata(cross_validated.out / "model.json")
+    assert code == 0
+    assert [p.stat().st_mtime_ns for p in folds] == stamps  # no fold fitted again
+    assert after["selection"]["pooled"] == before["selection"]["pooled"]
+    assert after["test_metrics"]["confusion_matrix"] == before["test_metrics"]["confusion_matrix"]
+
+
+def test_ema_without_cv_keeps_the_averaged_weights_not_a_best_checkpoint() -> None:
+    from training.cli import parse_args
+    from training.pipeline import fit_settings
+
+    assert fit_settings(parse_args(["--ema"])).keep == "last"
+    assert fit_settings(parse_args([])).keep == "best"
+    assert fit_settings(parse_args(["--cv", "5"])).keep == "last"

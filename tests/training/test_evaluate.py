@@ -80,3 +80,10 @@ def test_resume_reads_the_best_value_so_far_from_the_history(
         path.write_text(history)
 
     assert _history_best(path, monitor) == pytest.approx(expected)
+
+
+def test_log_loss_stays_finite_for_a_confident_miss() -> None:
+    from training.evaluate import log_loss
+
+    assert log_loss(np.array([1, 0]), np.array([0.0, 0.0])) == pytest.approx(-np.log(1e-7) / 2, rel=1e-6)
+    assert log_loss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))

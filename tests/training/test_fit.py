@@ -172,3 +172,100 @@ def test_balanced_class_weight_weighs_classes_inversely_to_their_frequency() -> 
     weights = balanced_class_weight(np.array([0] * 75 + [1] * 25))
 
     assert weights == pytest.approx({0: 100 / 150, 1: 100 / 50})
+
+
+def test_fit_settings_default_epochs_agree_with_the_cli() -> None:
+    from training.cli import parse_args
+    from training.fit import FitSettings
+
+    assert FitSettings().epochs == parse_args([]).epochs == 40
+
+
+def test_soft_targets_feed_the_annotators_probability_and_labels_stay_binary() -> None:
+    from training.data import LabelledImages
+    from training.fit import make_dataset
+
+    votes = np.array([0.0, 1 / 3, 2 / 3, 1.0], np.float32)
+    data = LabelledImages(np.zeros((4, 100, 100, 1), np.float32), (votes >= 0.5).astype(int),
+                          tuple("abcd"), ("functional", "defective"), soft_targets=votes)  # fmt: skip
+
+    (_, soft), = list(make_dataset(data, 4, shuffle=False, augmented=False, seed=0, soft_targets=True))
+    (_, hard), = list(make_dataset(data, 4, shuffle=False, augmented=False, seed=0))
+
+    np.testing.assert_allclose(soft.numpy()[:, 0], votes)
+    assert hard.numpy()[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert data.subset(np.array([3, 1])).soft_targets.tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_labelled_images_without_soft_targets_use_their_labels() -> None:
+    from training.data import LabelledImages
+
+    data = LabelledImages(np.zeros((3, 2, 2, 1)), np.array([0, 1, 1]), ("a", "b", "c"), ("x", "y"))
+
+    assert data.soft_targets.tolist() == [0.0, 1.0, 1.0]
+    assert data.strata.tolist() == ["label 0", "label 1", "label 1"]
+
+
+def test_jitter_changes_brightness_and_contrast_mildly_and_stays_in_pixel_range() -> None:
+    import keras
+    import tensorflow as tf
+
+    from training.fit import brightness_contrast_jitter
+
+    keras.utils.set_random_seed(0)
+    image = np.random.default_rng(0).integers(0, 256, (100, 100, 1)).astype(np.float32)
+    jitter = brightness_contrast_jitter(0.1)
+
+    outputs = [jitter(tf.constant(image), tf.constant([1.0]))[0].numpy() for _ in range(20)]
+
+    assert all(o.min() >= 0 and o.max() <= 255 for o in outputs)
+    shifts = [abs(float(o.mean() - image.mean())) for o in outputs]
+    assert max(shifts) <= 0.1 * 255 / 2 + 1
+    assert max(shifts) > 0.5
+    correlation = [np.corrcoef(o.ravel(), image.ravel())[0, 1] for o in outputs]
+    assert min(correlation) > 0.98  # the same picture: no erasing, no cut-outs
+
+
+def test_cosine_rate_warms_up_linearly_then_decays_to_the_floor() -> None:
+    from training.fit import cosine_rate
+
+    rates = [cosine_rate(epoch, 1e-3, epochs=10, warmup_epochs=3, floor=1e-6) for epoch in range(10)]
+
+    assert rates[:3] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3])
+    assert rates[3] == pytest.approx(1e-3)
+    assert rates[9] == pytest.approx(1e-6)
+    assert all(a > b for a, b in itertools.pairwise(rates[3:]))
+
+
+@pytest.mark.slow
+def test_fixed_schedule_with_ema_ends_with_the_averaged_weights_and_saves_them(
+    toy_split: Split, tmp_path: Path
+) -> None:
+    from training.fit import CheckpointPaths, EpochPredictions, FitSettings, averaged_weights, fit
+    from training.model import compile_model
+
+    model = make_tiny_model(seed=0)
+    compile_model(model, ema_momentum=0.9)
+    checkpoints = CheckpointPaths(tmp_path / "checkpoints")
+    predictions = tmp_path / "predictions.npy"
+    settings = FitSettings(epochs=3, stop_after=2, batch_size=16, seed=0, keep="last", lr_schedule="cosine",
+                           warmup_epochs=1, soft_targets=True, jitter=0.1)  # fmt: skip
+
+    _, epochs_run = fit(model, toy_split.train, None, settings, checkpoints,
+                        extra_callbacks=[EpochPredictions(toy_split.validation.x, predictions)])  # fmt: skip
+
+    assert epochs_run == 2  # stopped after 2 epochs of a 3-epoch schedule
+    assert np.load(predictions).shape == (2, len(toy_split.validation))
+    assert checkpoints.last_weights.is_file()
+    assert not checkpoints.best_weights.exists()
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    for variable, average in zip(model.trainable_variables, averages, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average)
+    # Inside averaged_weights the (already averaged) model is unchanged, and the context restores it.
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    with averaged_weights(model):
+        pass
+    for old, variable in zip(before, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(old, variable.numpy())
+    np.testing.assert_allclose(np.load(predictions)[-1], model.predict(toy_split.validation.x, verbose=0)[:, 0],
+                               atol=1e-6)  # fmt: skip
