@@ -80,9 +80,9 @@ _TEST: dict[Path, object] = {}
 
 def _test_set(model: Path):
     if model not in _TEST:
-        from training.variants import rebuild_split
+        from training.data import recorded_split
 
-        _TEST[model] = rebuild_split(read_model_card(card_path_for(model)), None).test
+        _TEST[model] = recorded_split(read_model_card(card_path_for(model))).test
     return _TEST[model]
 
 

@@ -98,18 +98,25 @@ def card_path_for(model_path: Path) -> Path:
     return model_path.with_suffix(CARD_SUFFIX)
 
 
-def read_model_card(path: Path) -> ModelCard:
+def validate_model_card(content: object, path: Path) -> ModelCard:
+    """The card, or ModelCardError naming the file and the first field that is wrong."""
     try:
-        return ModelCard.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ModelCardError(f"model metadata {path} does not exist (train writes it beside the .onnx)") from exc
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelCardError(f"model metadata {path} is not readable JSON: {exc}") from exc
+        return ModelCard.model_validate(content)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ModelCardError(
             f"model metadata {path} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from exc
+
+
+def read_model_card(path: Path) -> ModelCard:
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelCardError(f"model metadata {path} does not exist (train writes it beside the .onnx)") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelCardError(f"model metadata {path} is not readable JSON: {exc}") from exc
+    return validate_model_card(content, path)
 
 
 def write_model_card(path: Path, card: ModelCard) -> Path:
@@ -118,11 +125,15 @@ def write_model_card(path: Path, card: ModelCard) -> Path:
     return path
 
 
-def update_model_card(path: Path, **sections: BaseModel) -> ModelCard:
-    """Sets these sections of an existing card and keeps every other field as written, in its order."""
+def update_model_card(path: Path, **sections: object) -> ModelCard:
+    """Sets these sections (pydantic models or plain JSON values) of an existing card and keeps every other
+    field as written, in its order; the result is validated before it is written."""
     read_model_card(path)  # the same errors as at start-up for a missing or broken card
     raw = json.loads(path.read_text())
-    raw.update({name: section.model_dump(mode="json") for name, section in sections.items()})
-    updated = ModelCard.model_validate(raw)
+    raw.update({
+        name: section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+        for name, section in sections.items()
+    })
+    updated = validate_model_card(raw, path)
     path.write_text(json.dumps(raw, indent=2) + "\n")
     return updated

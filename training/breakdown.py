@@ -9,12 +9,12 @@ label cuts at 0.5. This shows where the errors sit: on clear cells or on the one
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from service.model_card import ModelCardError, card_path_for, read_model_card
 from training import data as datasets
 
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from training.export import onnx_predict
 
-    metadata = json.loads(args.model.with_suffix(".json").read_text())
     try:
-        test = datasets.held_out_test_set(metadata)
-    except datasets.DataError as exc:
+        card = read_model_card(card_path_for(args.model))
+        test = datasets.held_out_test_set(card)
+    except (ModelCardError, datasets.DataError) as exc:
         print(f"breakdown: {exc}", file=sys.stderr)
         return 2
     table = datasets.elpv_table()
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     votes = np.array([f"{round(row['probability'] * 3)}/3" for row in rows])
     kinds = np.array([str(row["type"]) for row in rows])
     probability = onnx_predict(args.model, test.x)[:, 0]
-    threshold = metadata["threshold"]
+    threshold = card.threshold
     print(f"{args.model}: held-out test set, threshold {threshold}\n")
     print(markdown("defect probability", accuracy_by_group(votes, test.y, probability, threshold)))
     print()

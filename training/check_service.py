@@ -7,7 +7,6 @@ checks that the accuracy from the HTTP answers equals the one the train command 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service.model_card import ModelCardError, read_model_card
 from training import data as datasets
 from training.evaluate import binary_metrics
 
@@ -26,22 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
 
-    metadata = json.loads(args.metadata.read_text())
     try:
-        test = datasets.held_out_test_set(metadata)
-    except datasets.DataError as exc:
+        card = read_model_card(args.metadata)
+        test = datasets.held_out_test_set(card)
+    except (ModelCardError, datasets.DataError) as exc:
         print(f"check_service: {exc}", file=sys.stderr)
         return 2
     with httpx.Client(base_url=args.url, timeout=60) as client:
         served = client.get("/model").raise_for_status().json()
         # A precision variant (PRECISION, training.variants) is checked against its own recorded accuracy.
-        variant = next((v for v in metadata.get("variants") or [] if v["sha256"] == served["id"]
-                        and (v["engine"], v["precision"]) == (served.get("engine"), served.get("precision"))), None)
-        if variant is not None and variant["precision"] == "fp32":
+        variant = next((v for v in card.variants or [] if v.sha256 == served["id"]
+                        and (v.engine, v.precision) == (served.get("engine"), served.get("precision"))), None)
+        if variant is not None and variant.precision == "fp32":
             variant = None
-        if served["id"] != metadata["sha256"] and variant is None:
+        if served["id"] != card.sha256 and variant is None:
             print(f"check_service: the service runs model {served['id'][:12]}, "
-                  f"not {metadata['sha256'][:12]} from {args.metadata}", file=sys.stderr)
+                  f"not {(card.sha256 or '?')[:12]} from {args.metadata}", file=sys.stderr)
             return 2
 
         def probability(path: str) -> float:
@@ -51,19 +51,22 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(args.concurrency) as pool:
             probabilities = np.array(list(pool.map(probability, test.sources)))
-    measured = binary_metrics(test.y, probabilities, metadata["threshold"])
+    measured = binary_metrics(test.y, probabilities, card.threshold)
     if variant is not None:
-        same = measured["accuracy"] == variant["accuracy"]
-        print(f"held-out images sent over HTTP: {measured['images']} ({variant['engine']} {variant['precision']})")
+        same = measured["accuracy"] == variant.accuracy
+        print(f"held-out images sent over HTTP: {measured['images']} ({variant.engine} {variant.precision})")
         print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
-        print(f"accuracy of the variant:  {variant['accuracy']:.4f}  (python -m training.variants)")
+        print(f"accuracy of the variant:  {variant.accuracy:.4f}  (python -m training.variants)")
         print("identical" if same else "DIFFERENT: serving does not see what the variant measurement saw")
         return 0 if same else 1
-    recorded = metadata["test_metrics"]
-    same = measured["confusion_matrix"] == recorded["confusion_matrix"]
+    recorded = card.test_metrics
+    if recorded is None:
+        print(f"check_service: {args.metadata} records no test_metrics to compare with", file=sys.stderr)
+        return 2
+    same = measured["confusion_matrix"] == recorded.confusion_matrix
     print(f"held-out images sent over HTTP: {measured['images']}")
     print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
-    print(f"accuracy at train time:   {recorded['accuracy']:.4f}  confusion {recorded['confusion_matrix']}")
+    print(f"accuracy at train time:   {recorded.accuracy:.4f}  confusion {recorded.confusion_matrix}")
     print("identical" if same else "DIFFERENT: serving does not see what training saw")
     return 0 if same else 1
 

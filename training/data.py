@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from service.model_card import ModelCard
 from service.preprocessing import ImageError, preprocess_bytes
 
 ELPV_CLASS_NAMES = ("functional", "defective")
@@ -162,10 +163,25 @@ def split(
     return Split(data.subset(np.sort(train)), data.subset(np.sort(validation)), data.subset(np.sort(test)))
 
 
-def held_out_test_set(metadata: dict) -> LabelledImages:
-    """Rebuilds the exact ELPV test split from the settings a model's metadata recorded."""
-    dataset = metadata["dataset"]
-    if dataset["name"] != "elpv":
+def recorded_split(card: ModelCard, data_dir: Path | None = None) -> Split:
+    """Rebuilds the exact split a model was trained on from the settings its card recorded: ELPV from the
+    package, a folder data set from `data_dir`."""
+    if card.dataset is None or card.dataset.split is None:
+        raise DataError("the model card records no data split; retrain, or pass a card with one")
+    parts = card.dataset.split
+    if parts.test_fraction is None or parts.validation_fraction is None or parts.seed is None:
+        raise DataError("the model card lacks the split's fractions or seed; cannot rebuild the split")
+    if data_dir is not None:
+        data = load_folder(data_dir)
+    elif card.dataset.name == "elpv":
+        data = load_elpv()
+    else:
+        raise DataError(f"the model was trained on '{card.dataset.name}': pass --data-dir with its folder")
+    return split(data, parts.test_fraction, parts.validation_fraction, parts.seed)
+
+
+def held_out_test_set(card: ModelCard) -> LabelledImages:
+    """The ELPV test split a model's card describes (the data set tools can rebuild without a folder)."""
+    if card.dataset is None or card.dataset.name != "elpv":
         raise DataError("only the ELPV data set can be rebuilt from metadata")
-    parts = dataset["split"]
-    return split(load_elpv(), parts["test_fraction"], parts["validation_fraction"], parts["seed"]).test
+    return recorded_split(card).test

@@ -12,6 +12,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from service.model_card import ModelCardError, card_path_for, validate_model_card
+
 EXPORT_TOLERANCE = 1e-4
 OPSET = 17
 INPUT_NAME = "input"
@@ -66,8 +68,13 @@ def verify_export(model: keras.Model, path: Path, x: np.ndarray) -> float:
 
 
 def write_metadata(onnx_path: Path, metadata: dict) -> Path:
-    """<model>.json beside <model>.onnx, with the file's sha256 so the service can name the model."""
-    path = onnx_path.with_suffix(".json")
+    """The model card beside <model>.onnx, with the file's sha256 so the service can name the model. Validated
+    against the service's schema before it is written: a card the service would refuse is an export error."""
+    path = card_path_for(onnx_path)
     content = {**metadata, "onnx_file": onnx_path.name, "sha256": sha256_of(onnx_path)}
+    try:
+        validate_model_card(content, path)
+    except ModelCardError as exc:
+        raise ExportError(f"the service would not load this card: {exc}") from exc
     path.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
     return path

@@ -16,25 +16,16 @@ from pathlib import Path
 
 from service.input_stats import profile_of
 from service.model_card import ModelCardError, card_path_for, read_model_card, update_model_card
-from training.data import DataError, LabelledImages, load_elpv, load_folder, split
+from training.data import DataError, LabelledImages, recorded_split
 
 CHUNK = 256
 
 
 def training_split(card_path: Path, data_dir: Path | None) -> LabelledImages:
-    card = read_model_card(card_path)
-    if card.dataset is None or card.dataset.split is None:
-        raise DataError(f"model card {card_path} records no data split; pass --data-dir with the training images")
-    parts = card.dataset.split
-    if data_dir is not None:
-        data = load_folder(data_dir)
-    elif card.dataset.name == "elpv":
-        data = load_elpv()
-    else:
-        raise DataError(f"model card {card_path} was trained on '{card.dataset.name}': pass --data-dir")
-    if parts.test_fraction is None or parts.validation_fraction is None or parts.seed is None:
-        raise DataError(f"model card {card_path} lacks the split fractions or seed; cannot rebuild the split")
-    return split(data, parts.test_fraction, parts.validation_fraction, parts.seed).train
+    try:
+        return recorded_split(read_model_card(card_path), data_dir).train
+    except DataError as exc:
+        raise DataError(f"{card_path}: {exc}") from exc
 
 
 def write_profile(model_path: Path, data_dir: Path | None = None) -> Path:

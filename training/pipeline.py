@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from service.model_card import ModelCardError, card_path_for, read_model_card
 from service.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
 from training import data as datasets
 from training.crossval import OutOfFold
@@ -189,10 +190,10 @@ def previous_answers(previous: Path | None, test: datasets.LabelledImages) -> Pr
     """An earlier model's held-out probabilities and threshold, read before this run overwrites it."""
     if previous is None:
         return None
-    metadata_path = previous.with_suffix(".json")
-    if not metadata_path.exists():
-        raise datasets.DataError(f"--compare-with {previous}: its metadata {metadata_path} does not exist")
-    threshold = float(json.loads(metadata_path.read_text())["threshold"])
+    try:
+        threshold = read_model_card(card_path_for(previous)).threshold
+    except ModelCardError as exc:
+        raise datasets.DataError(f"--compare-with {previous}: {exc}") from exc
     return PreviousAnswers(previous, threshold, onnx_predict(previous, test.x)[:, 0])
 
 

@@ -9,10 +9,10 @@ training, not by its size; the model card reports both side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from service.model_card import ModelCardError, card_path_for, read_model_card
 from training import data as datasets
 
 
@@ -24,18 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     from training.evaluate import binary_metrics, log_loss
     from training.export import onnx_predict
 
-    metadata_path = args.model.with_suffix(".json")
-    if not metadata_path.exists():
-        print(f"split_scores: {metadata_path} does not exist (train writes it beside the .onnx)", file=sys.stderr)
+    try:
+        card = read_model_card(card_path_for(args.model))
+        if card.dataset is None or card.dataset.name != "elpv":
+            raise datasets.DataError("only the ELPV split can be rebuilt from metadata")
+        parts = datasets.recorded_split(card)
+    except (ModelCardError, datasets.DataError) as exc:
+        print(f"split_scores: {exc}", file=sys.stderr)
         return 2
-    metadata = json.loads(metadata_path.read_text())
-    recorded = metadata["dataset"]["split"]
-    if metadata["dataset"]["name"] != "elpv":
-        print("split_scores: only the ELPV split can be rebuilt from metadata", file=sys.stderr)
-        return 2
-    parts = datasets.split(datasets.load_elpv(), recorded["test_fraction"], recorded["validation_fraction"],
-                           recorded["seed"])  # fmt: skip
-    threshold = metadata["threshold"]
+    threshold = card.threshold
     print(f"{args.model}: inference mode, threshold {threshold}\n")
     print("| split | images | accuracy | log loss | ROC AUC |\n|---|---|---|---|---|")
     for name in ("train", "validation", "test"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 import time
@@ -28,7 +27,7 @@ from service.cpu import available_cpus
 from service.engines import detect, installed_engines, load_engine
 from service.engines.base import Engine, ModelLoadError, Precision
 from service.engines.selection import ENGINE_PRECISIONS
-from service.model_card import ModelCard, card_path_for, read_model_card
+from service.model_card import card_path_for, read_model_card, update_model_card
 from training import data as datasets
 from training.evaluate import binary_metrics
 
@@ -48,21 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-quantize", action="store_true", help="do not make a missing INT8 file (needs TensorFlow)")
     p.add_argument("--speed-seconds", type=float, default=3.0, help="timing per variant at batch 8; 0 skips it")
     return p.parse_args(argv)
-
-
-def rebuild_split(card: ModelCard, data_dir: Path | None) -> datasets.Split:
-    """The split training made: its test part is the held-out set, its train part calibrates INT8."""
-    if card.dataset is None or card.dataset.split is None:
-        raise datasets.DataError("the card of this model records no data split; retrain or pass a card with one")
-    split = card.dataset.split
-    if data_dir is None:
-        if card.dataset.name != "elpv":
-            raise datasets.DataError(f"the model was trained on {card.dataset.name!r}: pass --data-dir with its folder")
-        loaded = datasets.load_elpv()
-    else:
-        loaded = datasets.load_folder(data_dir)
-    # The test part depends only on the test fraction and seed (it is split off first).
-    return datasets.split(loaded, split.test_fraction or 0.25, split.validation_fraction or 0.0, split.seed or 0)
 
 
 def predict_all(engine: Engine, x: np.ndarray) -> np.ndarray:
@@ -94,7 +78,7 @@ def ensure_int8(args: argparse.Namespace, train_x: np.ndarray) -> Path | None:
 
 def measure(args: argparse.Namespace) -> list[dict[str, object]]:
     card = read_model_card(card_path_for(args.model))
-    parts = rebuild_split(card, args.data_dir)
+    parts = datasets.recorded_split(card, args.data_dir)
     test = parts.test
     int8 = ensure_int8(args, parts.train.x)
     files: dict[Precision, Path] = {"fp32": args.model, "bf16": args.model}
@@ -133,11 +117,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
 def record(model: Path, variants: list[dict[str, object]]) -> Path:
     """Adds `variants` to the card as written (every other field kept as it is), validated before writing."""
     path = card_path_for(model)
-    raw = json.loads(path.read_text())
-    raw["variants"] = variants
-    raw["variants_measured_on"] = {"cpu": detect().describe(), "threads": available_cpus()}
-    ModelCard.model_validate(raw)
-    path.write_text(json.dumps(raw, indent=2) + "\n")
+    measured_on = {"cpu": detect().describe(), "threads": available_cpus()}
+    update_model_card(path, variants=variants, variants_measured_on=measured_on)
     return path
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.model_factory import write_tiny_metadata
 from training.breakdown import accuracy_by_group, main, markdown
 
 
@@ -36,7 +37,15 @@ def test_markdown_writes_one_row_per_group_with_its_accuracy() -> None:
 def test_breakdown_refuses_a_model_not_trained_on_elpv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"")
-    model.with_suffix(".json").write_text(json.dumps({"dataset": {"name": "folder"}}))
+    write_tiny_metadata(model, dataset={"name": "folder"})
 
     assert main(["--model", str(model)]) == 2
     assert capsys.readouterr().err == "breakdown: only the ELPV data set can be rebuilt from metadata\n"
+
+
+def test_breakdown_names_the_card_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    model.with_suffix(".json").write_text(json.dumps({"dataset": {"name": "elpv"}}))
+    assert main(["--model", str(model)]) == 2
+    assert capsys.readouterr().err.startswith(f"breakdown: model metadata {model.with_suffix('.json')} is invalid")

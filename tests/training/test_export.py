@@ -77,6 +77,16 @@ def test_verify_export_refuses_an_onnx_file_with_another_output_shape(fitted_tin
         verify_export(fitted_tiny.model, path, np.zeros((4, 100, 100, 1), np.float32))
 
 
+def test_write_metadata_refuses_a_card_the_service_would_not_load(tmp_path: Path) -> None:
+    from training.export import ExportError, write_metadata
+
+    model = build_tiny_onnx(tmp_path / "model.onnx")
+    refused = r"would not load this card: model metadata .*model.json is invalid: class_names: Field required"
+    with pytest.raises(ExportError, match=refused):
+        write_metadata(model, {"name": "tiny", "threshold": 0.5})
+    assert not (tmp_path / "model.json").exists()
+
+
 def test_write_metadata_puts_the_file_name_and_sha256_beside_the_model(tmp_path: Path) -> None:
     import hashlib
 
@@ -84,12 +94,12 @@ def test_write_metadata_puts_the_file_name_and_sha256_beside_the_model(tmp_path:
 
     model = build_tiny_onnx(tmp_path / "model.onnx")
 
-    written = write_metadata(model, {"name": "tiny", "threshold": 0.5})
+    card = {"name": "tiny", "class_names": ["a", "b"], "threshold": 0.5, "input": {}, "output": {}}
+    written = write_metadata(model, card)
 
     assert written == tmp_path / "model.json"
     assert json.loads(written.read_text()) == {
-        "name": "tiny",
-        "threshold": 0.5,
+        **card,
         "onnx_file": "model.onnx",
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
     }

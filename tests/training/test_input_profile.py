@@ -36,4 +36,4 @@ def test_a_card_without_a_split_is_one_clear_error(tmp_path: Path, capsys: pytes
     model = build_tiny_onnx(tmp_path / "model.onnx")
     write_tiny_metadata(model)
     assert main(["--model", str(model)]) == 2
-    assert "records no data split; pass --data-dir" in capsys.readouterr().err
+    assert "model.json: the model card records no data split" in capsys.readouterr().err
