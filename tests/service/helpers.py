@@ -7,7 +7,9 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -110,3 +112,22 @@ class InferenceGate:
     def pass_through(self) -> None:
         self.entered.set()
         assert self._open.wait(WAIT_S), "the test never opened the inference gate"
+
+
+def refused_while_the_queue_is_full(
+    client: TestClient, gate: InferenceGate, queued_images: int, attempt: Callable[[], httpx.Response]
+) -> httpx.Response:
+    """Holds one /predict in inference and `queued_images` more in the queue (MAX_QUEUE_IMAGES of them fill
+    it), returns what `attempt` got meanwhile, then lets everything finish and checks those two were answered."""
+    gate.close()
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(client.post, "/predict", files={"file": ("a.png", gray_png(10), "image/png")})
+        gate.wait_entered()
+        files = [("files", ("b.png", gray_png(20), "image/png"))] * queued_images
+        queued = pool.submit(client.post, "/predict", files=files)
+        wait_until(lambda: pipeline_of(client).batcher.queued == queued_images)
+        refused = attempt()
+        gate.open()
+        assert running.result(WAIT_S).status_code == 200
+        assert queued.result(WAIT_S).status_code == 200
+    return refused

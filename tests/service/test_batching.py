@@ -20,6 +20,7 @@ from tests.service.helpers import (
     gray_png,
     metric,
     pipeline_of,
+    refused_while_the_queue_is_full,
     wait_until,
 )
 
@@ -277,16 +278,7 @@ def test_predict_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
     client = make_client(MAX_QUEUE_IMAGES=2, RETRY_AFTER_S=7)
-    gate.close()
-    with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(post_png, client, gray_png(10))
-        gate.wait_entered()
-        queued = pool.submit(client.post, "/predict", files=[("files", ("a.png", gray_png(20), "image/png"))] * 2)
-        wait_until(lambda: pipeline_of(client).batcher.queued == 2)
-        refused = post_png(client, gray_png(30))
-        gate.open()
-        assert running.result(TIMEOUT_S).status_code == 200
-        assert queued.result(TIMEOUT_S).status_code == 200
+    refused = refused_while_the_queue_is_full(client, gate, 2, lambda: post_png(client, gray_png(30)))
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "7"
     assert refused.json()["detail"] == "the service is busy: overloaded (2 images are queued); retry after 7 s"

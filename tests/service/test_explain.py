@@ -24,7 +24,15 @@ from service.pipeline import Answer, Pipeline
 from service.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
 from tests.model_factory import save_checked, write_tiny_metadata
-from tests.service.helpers import InferenceGate, gray_png, metric, pipeline_of, png_claiming, wait_until
+from tests.service.helpers import (
+    InferenceGate,
+    gray_png,
+    metric,
+    pipeline_of,
+    png_claiming,
+    refused_while_the_queue_is_full,
+    wait_until,
+)
 
 TIMEOUT_S = 60.0
 # The region the region model looks at, in input pixels: rows 60-79, columns 20-39.
@@ -320,16 +328,7 @@ def test_explain_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
     client = make_client(MAX_QUEUE_IMAGES=2, MAX_BATCH_SIZE=2, RETRY_AFTER_S=5)
-    gate.close()
-    with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(client.post, "/predict", files={"file": ("a.png", gray_png(10), "image/png")})
-        gate.wait_entered()
-        queued = pool.submit(client.post, "/predict", files=[("files", ("b.png", gray_png(20), "image/png"))] * 2)
-        wait_until(lambda: pipeline_of(client).batcher.queued == 2)
-        refused = post_explain(client, gray_png(30))
-        gate.open()
-        assert running.result(TIMEOUT_S).status_code == 200
-        assert queued.result(TIMEOUT_S).status_code == 200
+    refused = refused_while_the_queue_is_full(client, gate, 2, lambda: post_explain(client, gray_png(30)))
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"
     assert refused.json()["detail"] == "the service is busy: overloaded (2 images are queued); retry after 5 s"

@@ -7,7 +7,6 @@ import json
 import shutil
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,8 @@ from tests.service.helpers import (
     expected_probability,
     gray_png,
     metric,
-    pipeline_of,
     png_claiming,
-    wait_until,
+    refused_while_the_queue_is_full,
 )
 
 MODEL = "tiny-test-model"
@@ -347,16 +345,9 @@ def test_infer_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
     client = make_client(MAX_QUEUE_IMAGES=1, RETRY_AFTER_S=5)
-    gate.close()
-    with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(client.post, INFER, json=images_json(gray_png(10)))
-        gate.wait_entered()
-        queued = pool.submit(client.post, INFER, json=images_json(gray_png(20)))
-        wait_until(lambda: pipeline_of(client).batcher.queued == 1)
-        refused = client.post(INFER, json=images_json(gray_png(30)))
-        gate.open()
-        assert running.result(TIMEOUT_S).status_code == 200
-        assert queued.result(TIMEOUT_S).status_code == 200
+    refused = refused_while_the_queue_is_full(
+        client, gate, 1, lambda: client.post(INFER, json=images_json(gray_png(30)))
+    )
     assert_error(refused, 503, "overloaded")
     assert refused.headers["retry-after"] == "5"
 
