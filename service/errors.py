@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from service.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError
-from service.preprocessing import ImageError, ImageTooLargeError, UndecodableImageError, UnsupportedImageFormatError
+from service.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
     (ImageTooLargeError, 413),
     (UnsupportedImageFormatError, 415),
-    (UndecodableImageError, 400),
     (ImageError, 400),
     (BusyError, 503),
     (NotReadyError, 503),
@@ -42,11 +41,12 @@ def retry_headers(retry_after_s: int) -> dict[str, str]:
     return {"Retry-After": str(retry_after_s)}
 
 
-def error_response(exc: Exception, retry_after_s: int) -> JSONResponse:
-    """The JSON answer to a domain error: `{"detail": message}`, and Retry-After when it is retryable."""
+def error_response(exc: Exception, retry_after_s: int, key: str = "detail") -> JSONResponse:
+    """The JSON answer to a domain error: `{key: message}` (`detail` here, the V2 protocol's `error` under
+    /v2), and Retry-After when it is retryable."""
     status = status_for(exc)
     headers = retry_headers(retry_after_s) if status in RETRYABLE else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    return JSONResponse({key: str(exc)}, status_code=status, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

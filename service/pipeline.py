@@ -29,7 +29,7 @@ from service.decode_memory import (
     decode_limits,
     decode_within_budget,
 )
-from service.failures import BusyError, NotReadyError, ReloadRefusedError
+from service.failures import BusyError, ReloadRefusedError
 from service.input_stats import DriftMonitor
 from service.memory import available_memory
 from service.metrics import Metrics
@@ -252,10 +252,6 @@ class Pipeline:
     def deadline(self) -> float:
         """The event-loop time by which a request that starts now must be answered."""
         return asyncio.get_running_loop().time() + self.settings.request_timeout_s
-
-    def check_ready(self) -> None:
-        if not self.ready:
-            raise NotReadyError("the model is not loaded yet")
 
     async def classify(self, images: Sequence[EncodedImage], deadline: float) -> list[float]:
         """Encoded images -> positive-class probabilities, in the same order."""

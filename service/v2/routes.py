@@ -19,9 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import PipelineDep, ready_pipeline
 from service.encoding import VERSION_HEADER, encode
-from service.errors import RETRYABLE, retry_headers, status_for
+from service.errors import error_response
 from service.failures import NotReadyError, ServiceError
-from service.limits import BodyTooLargeError
 from service.pipeline import EncodedImage, Pipeline, ServedModel
 from service.preprocessing import ImageError
 from service.security import require_api_key
@@ -76,12 +75,9 @@ class V2Route(APIRoute):
             except codec.TensorError as exc:
                 return _error(400, str(exc))
             except (ImageError, ServiceError) as exc:
-                status = status_for(exc)
-                return _error(status, str(exc), retry_headers(retry_after_s) if status in RETRYABLE else None)
-            except BodyTooLargeError:
-                limit = request.app.state.settings.max_body_bytes
-                # The rest of the body is not read, so the connection cannot carry another request.
-                return _error(413, f"the request body is larger than {limit} bytes", {"Connection": "close"})
+                return error_response(exc, retry_after_s, key="error")
+            # A body over MAX_BODY_BYTES propagates to service.limits.BodySizeLimit, which answers 413 in the
+            # protocol's `error` field for /v2 paths (error_key_for) and closes the connection.
 
         return rendering_errors
 
