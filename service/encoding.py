@@ -11,17 +11,22 @@ from service.schemas import ModelRef, Prediction, PredictResponse
 VERSION_HEADER = "X-Model-Version"
 
 
+def model_ref(model: ServedModel) -> ModelRef:
+    """Which model answered: file sha256, name, version, engine and precision (every door's `model` object)."""
+    classifier = model.classifier
+    return ModelRef(
+        id=classifier.model_id, name=classifier.metadata.name, version=model.version,
+        engine=classifier.engine.name, precision=classifier.engine.precision,
+    )
+
+
 def encode(
     model: ServedModel, names: Sequence[str | None], probabilities: Sequence[float], threshold: float
 ) -> PredictResponse:
     """One prediction per image, in order; `names` are the client's file names (None where it sent none)."""
-    classifier = model.classifier
-    negative, positive = classifier.metadata.class_names
+    negative, positive = model.classifier.metadata.class_names
     return PredictResponse(
-        model=ModelRef(
-            id=classifier.model_id, name=classifier.metadata.name, version=model.version,
-            engine=classifier.engine.name, precision=classifier.engine.precision,
-        ),
+        model=model_ref(model),
         threshold=threshold,
         predictions=[
             Prediction(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -15,6 +19,16 @@ MAX_FILENAME_CHARS = 255
 
 def media_type_of(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+@asynccontextmanager
+async def arriving_by(deadline: float, timeout_s: float, what: str = "the upload") -> AsyncIterator[None]:
+    """Reading a request's body must end by the request's deadline; past it, 408 naming REQUEST_TIMEOUT_S."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError as exc:
+        raise HTTPException(408, f"{what} did not arrive within {timeout_s:g} s") from exc
 
 
 def _too_large(what: str, limit: int) -> HTTPException:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.deps import PipelineDep
-from service.encoding import VERSION_HEADER
+from service.encoding import VERSION_HEADER, model_ref
 from service.explain import (
     DEFAULT_PATCH,
     DEFAULT_STRIDE,
@@ -25,7 +25,7 @@ from service.pipeline import Pipeline
 from service.routes.predict import _errors as predict_errors
 from service.schemas import ErrorResponse, ModelRef
 from service.security import require_api_key
-from service.uploads import read_uploads
+from service.uploads import arriving_by, read_uploads
 
 router = APIRouter()
 
@@ -90,11 +90,8 @@ class ExplainResponse(BaseModel):
 
 async def _one_image(request: Request, pipeline: Pipeline, deadline: float) -> tuple[str | None, np.ndarray]:
     settings = pipeline.settings
-    try:
-        async with asyncio.timeout_at(deadline):
-            images = await read_uploads(request, 1, settings.max_file_bytes)
-    except TimeoutError as exc:
-        raise HTTPException(408, f"the upload did not arrive within {settings.request_timeout_s:g} s") from exc
+    async with arriving_by(deadline, settings.request_timeout_s):
+        images = await read_uploads(request, 1, settings.max_file_bytes)
     (array,) = await pipeline.decode(images, deadline)
     return images[0].name, array
 
@@ -138,10 +135,9 @@ async def explain_image(
         loop = asyncio.get_running_loop()
         png = await loop.run_in_executor(pipeline.decoder, render_png, result, threshold)
         return Response(png, media_type="image/png", headers=headers)
-    classifier = model.classifier
     body = ExplainResponse.model_validate(
         {
-            "model": ModelRef(id=classifier.model_id, name=classifier.metadata.name, version=model.version),
+            "model": model_ref(model),
             "filename": name,
             "threshold": threshold,
             **result.as_dict(),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.deps import PipelineDep
 from service.encoding import VERSION_HEADER, encode
 from service.schemas import ErrorResponse, PredictResponse
 from service.security import require_api_key
-from service.uploads import read_uploads
+from service.uploads import arriving_by, read_uploads
 
 router = APIRouter()
 
@@ -64,11 +63,8 @@ async def predict(
     """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
     deadline = pipeline.deadline()
     settings = pipeline.settings
-    try:
-        async with asyncio.timeout_at(deadline):
-            images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
-    except TimeoutError as exc:
-        raise HTTPException(408, f"the upload did not arrive within {settings.request_timeout_s:g} s") from exc
+    async with arriving_by(deadline, settings.request_timeout_s):
+        images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
     answer = await pipeline.answer(images, deadline)
     names = [image.name for image in images]
     response.headers[VERSION_HEADER] = answer.model.version

@@ -7,7 +7,6 @@ MAX_FILE_BYTES applied per tensor; the body limit middleware already covers ever
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -24,6 +23,7 @@ from service.failures import NotReadyError, ServiceError
 from service.pipeline import EncodedImage, Pipeline, ServedModel
 from service.preprocessing import ImageError
 from service.security import require_api_key
+from service.uploads import arriving_by
 from service.v2 import codec
 from service.v2.schemas import (
     InferenceRequest,
@@ -234,11 +234,8 @@ async def _infer(
     if encoding != "identity":
         raise HTTPException(415, f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
     deadline = pipeline.deadline()
-    try:
-        async with asyncio.timeout_at(deadline):
-            body = await request.body()
-    except TimeoutError as exc:
-        raise HTTPException(408, f"the body did not arrive within {settings.request_timeout_s:g} s") from exc
+    async with arriving_by(deadline, settings.request_timeout_s, "the body"):
+        body = await request.body()
     limits = codec.Limits(settings.max_files, settings.max_file_bytes)
     parsed = codec.parse_request(body, header_length, limits)
     tensor = codec.read_input(parsed, limits)
