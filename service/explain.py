@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from service.failures import BusyError
 from service.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
@@ -187,9 +186,8 @@ async def explain(
     for i in range(0, len(copies), chunk):
         answer = await pipeline.predict_with_model(list(copies[i : i + chunk]), deadline, served_inputs=False)
         if answer.model is not base.model:
-            raise BusyError(
-                f"the service is busy: model version {answer.model.version} took over from {base.model.version} "
-                f"during the explanation; retry after {settings.retry_after_s} s"
+            raise pipeline.busy(
+                f"model version {answer.model.version} took over from {base.model.version} during the explanation"
             )
         probabilities.extend(answer.probabilities)
     card = base.model.classifier.metadata

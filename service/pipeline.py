@@ -273,7 +273,7 @@ class Pipeline:
             async with asyncio.timeout_at(deadline):
                 results = await asyncio.gather(*jobs, return_exceptions=True)
         except TimeoutError as exc:
-            raise self._busy("decoding took too long") from exc
+            raise self.busy("decoding took too long") from exc
         for image, result in zip(images, results, strict=True):
             if isinstance(result, ImageError):
                 self.metrics.rejected.labels(type(result).__name__).inc()
@@ -281,7 +281,7 @@ class Pipeline:
                 raise type(result)(f"{image.name_for_errors}: {result}") from result
             if isinstance(result, DecodeBusyError):
                 self.metrics.rejected.labels("decode_memory_busy").inc()
-                raise self._busy(str(result)) from result
+                raise self.busy(str(result)) from result
             if isinstance(result, BaseException):
                 raise result
         return list(results)  # type: ignore[arg-type]
@@ -302,9 +302,11 @@ class Pipeline:
                 probabilities = await model.batcher.predict_many(arrays)
         except OverloadedError as exc:
             self.metrics.rejected.labels("overloaded").inc()
-            raise self._busy(f"overloaded ({exc})") from exc
+            raise self.busy(f"overloaded ({exc})") from exc
         except TimeoutError as exc:
-            raise self._busy("inference did not finish in time") from exc
+            raise self.busy("inference did not finish in time") from exc
+        except BusyError as exc:  # the predictor's own (a lost Ray replica): its type, the pipeline's wording
+            raise self.busy(str(exc), type(exc)) from exc
         finally:
             self.metrics.queue_depth.set(model.batcher.queued)
         if arrays and served_inputs:
@@ -312,5 +314,6 @@ class Pipeline:
             self.metrics.observe_inputs(statistics)
         return Answer(probabilities, model)
 
-    def _busy(self, why: str) -> BusyError:
-        return BusyError(f"the service is busy: {why}; retry after {self.settings.retry_after_s} s")
+    def busy(self, why: str, kind: type[BusyError] = BusyError) -> BusyError:
+        """The one wording of a retryable refusal, with RETRY_AFTER_S in it (the edge adds the header)."""
+        return kind(f"the service is busy: {why}; retry after {self.settings.retry_after_s} s")

@@ -166,10 +166,9 @@ class RemoteModel:
     BackPressureError, answered as the single-process queue limit is (503 + Retry-After)."""
 
     def __init__(
-        self, handle: DeploymentHandle, retry_after_s: int, on_predicted: Callable[[int], None] | None = None
+        self, handle: DeploymentHandle, on_predicted: Callable[[int], None] | None = None
     ) -> None:
         self._handle = handle
-        self._retry_after_s = retry_after_s
         # images_predicted_total; batch sizes are the Model replicas' (Ray's serve_actual_batch_size).
         self._on_predicted = on_predicted
         self._in_flight = 0
@@ -201,9 +200,8 @@ class RemoteModel:
         except BackPressureError as exc:
             raise OverloadedError(f"every model replica is busy ({exc})") from exc
         except (RayActorError, ReplicaUnavailableError) as exc:
-            raise ReplicaLostError(
-                f"the service is busy: a model replica was lost; retry after {self._retry_after_s} s"
-            ) from exc
+            # The pipeline words it as every busy answer, with RETRY_AFTER_S.
+            raise ReplicaLostError("a model replica was lost") from exc
         except asyncio.CancelledError:
             for response in responses:
                 response.cancel()
@@ -229,7 +227,7 @@ class Ingress:
         served = ServedModel(
             RemoteClassifier(metadata, model_id, description),  # type: ignore[arg-type]
             version,
-            RemoteModel(model, settings.retry_after_s, metrics.images.inc),
+            RemoteModel(model, metrics.images.inc),
         )
         self.pipeline = Pipeline(
             settings,

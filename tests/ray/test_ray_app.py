@@ -66,7 +66,7 @@ def pipeline_over(handle: FakeHandle, tiny_model_path: Path) -> Pipeline:
     classifier = Classifier.load(settings.model_path, settings.session)
     remote = RemoteClassifier(classifier.metadata, classifier.model_id, classifier.describe())
     metrics = Metrics()
-    model = RemoteModel(handle, settings.retry_after_s, metrics.images.inc)  # type: ignore[arg-type]
+    model = RemoteModel(handle, metrics.images.inc)  # type: ignore[arg-type]
     served = ServedModel(remote, "1", model)  # type: ignore[arg-type]
     limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, None)
     return Pipeline(settings, metrics, served, ThreadPoolExecutor(1), limits)
