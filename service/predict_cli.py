@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.config import Settings
+from service.encoding import encode
 from service.failures import ServiceError
 from service.metrics import Metrics
 from service.model import ModelLoadError
@@ -73,10 +74,9 @@ async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None)
         answer = await pipeline.answer([EncodedImage(path.name, data)], pipeline.deadline())
     except (ImageError, ServiceError) as exc:
         return Row(str(path), error=str(exc))
-    probability = answer.probabilities[0]
-    negative, positive = answer.model.classifier.metadata.class_names
-    label = positive if probability >= pipeline.threshold(threshold) else negative
-    return Row(str(path), probability, label, answer.model.version)
+    # /predict's own encoder, so the label follows the one threshold rule.
+    (prediction,) = encode(answer.model, [path.name], answer.probabilities, pipeline.threshold(threshold)).predictions
+    return Row(str(path), prediction.probability, prediction.label, answer.model.version)
 
 
 async def classify_paths(
