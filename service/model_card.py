@@ -109,27 +109,25 @@ def validate_model_card(content: object, path: Path) -> ModelCard:
         ) from exc
 
 
-def read_model_card(path: Path) -> ModelCard:
+def _card_json(path: Path) -> object:
     try:
-        content = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelCardError(f"model metadata {path} does not exist (train writes it beside the .onnx)") from exc
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelCardError(f"model metadata {path} is not readable JSON: {exc}") from exc
-    return validate_model_card(content, path)
 
 
-def write_model_card(path: Path, card: ModelCard) -> Path:
-    """Validated before it is written, so a card the service would refuse is never produced."""
-    path.write_text(json.dumps(card.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
-    return path
+def read_model_card(path: Path) -> ModelCard:
+    return validate_model_card(_card_json(path), path)
 
 
 def update_model_card(path: Path, **sections: object) -> ModelCard:
     """Sets these sections (pydantic models or plain JSON values) of an existing card and keeps every other
-    field as written, in its order; the result is validated before it is written."""
-    read_model_card(path)  # the same errors as at start-up for a missing or broken card
-    raw = json.loads(path.read_text())
+    field as written, in its order; the result is validated (start-up's errors) before it is written."""
+    raw = _card_json(path)
+    if not isinstance(raw, dict):
+        raise ModelCardError(f"model metadata {path} is invalid: a card is a JSON object, not {type(raw).__name__}")
     raw.update({
         name: section.model_dump(mode="json") if isinstance(section, BaseModel) else section
         for name, section in sections.items()
