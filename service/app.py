@@ -81,5 +81,5 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"])
     return app
