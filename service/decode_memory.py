@@ -9,6 +9,7 @@ per format in BENCHMARKS.md) stays within a budget that follows the container's 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, suppress
@@ -103,24 +104,41 @@ class DecodeBudget:
         self.max_wait_s = max_wait_s
         self._in_use = 0
         self._released = asyncio.Event()
+        # try_acquire runs on decode threads; everything else on the event loop (releases included).
+        self._lock = threading.Lock()
 
     @property
     def in_use(self) -> int:
         return self._in_use
 
-    async def acquire(self, nbytes: int, deadline: float | None = None) -> None:
-        """Reserves nbytes, waiting for releases until min(deadline, now + max_wait_s) (loop time)."""
+    def _check_fits_alone(self, nbytes: int) -> None:
         if nbytes > self.limit_bytes:
             raise DecodeMemoryError(
                 f"decoding it needs an estimated {nbytes / MB:.0f} MB, more than the whole decode memory budget "
                 f"of {self.limit_bytes / MB:.0f} MB; send it downscaled (the cost grows with width x height "
                 "and bytes per pixel), or run the service with more memory or DECODE_MEMORY_BUDGET_BYTES"
             )
+
+    def _take(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._in_use + nbytes > self.limit_bytes:
+                return False
+            self._in_use += nbytes
+            return True
+
+    def try_acquire(self, nbytes: int) -> bool:
+        """Reserves nbytes now if they fit, from any thread; False when the caller must wait (acquire)."""
+        self._check_fits_alone(nbytes)
+        return self._take(nbytes)
+
+    async def acquire(self, nbytes: int, deadline: float | None = None) -> None:
+        """Reserves nbytes, waiting for releases until min(deadline, now + max_wait_s) (loop time)."""
+        self._check_fits_alone(nbytes)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.max_wait_s
         if deadline is not None:
             give_up = min(give_up, deadline)
-        while self._in_use + nbytes > self.limit_bytes:
+        while not self._take(nbytes):
             released = self._released
             try:
                 async with asyncio.timeout_at(give_up):
@@ -130,10 +148,11 @@ class DecodeBudget:
                     f"decoding memory is busy ({self._in_use / MB:.0f} of {self.limit_bytes / MB:.0f} MB in use, "
                     f"this image needs {nbytes / MB:.0f} MB)"
                 ) from None
-        self._in_use += nbytes
 
     def release(self, nbytes: int) -> None:
-        self._in_use -= nbytes
+        """On the event loop (a decode thread hands it over with call_soon_threadsafe)."""
+        with self._lock:
+            self._in_use -= nbytes
         # Wake every waiter: each checks whether it fits now (a small one may while a large one may not).
         self._released.set()
         self._released = asyncio.Event()
@@ -175,20 +194,56 @@ def _preprocess_and_close(image: Image.Image) -> np.ndarray:
         return preprocess_image(image)
 
 
+@dataclass(frozen=True)
+class _NoRoom:
+    """The budget was full when the decode thread asked: the event loop waits for room, then decodes."""
+
+    image: Image.Image
+    nbytes: int
+
+
+def _decode_if_room(
+    budget: DecodeBudget, loop: asyncio.AbstractEventLoop, data: bytes, max_pixels: int
+) -> np.ndarray | _NoRoom:
+    """On a decode thread: header, estimate, and the decode itself when the budget has room now."""
+    image = open_image(data, max_pixels)
+    try:
+        nbytes = estimate_decode_bytes(image)
+        reserved = budget.try_acquire(nbytes)
+    except BaseException:
+        image.close()
+        raise
+    if not reserved:
+        return _NoRoom(image, nbytes)
+    try:
+        return _preprocess_and_close(image)
+    finally:
+        # Released when the decode really ends, whether or not its caller still waits.
+        with suppress(RuntimeError):  # the loop is closed: nothing is left to admit
+            loop.call_soon_threadsafe(budget.release, nbytes)
+
+
 async def decode_within_budget(
     budget: DecodeBudget, executor: Executor, data: bytes, max_pixels: int, deadline: float | None
 ) -> np.ndarray:
     """Image bytes -> model input, the decode admitted by the budget: header, estimate, reserve, decode, release.
 
+    One trip to a decode thread when the budget has room (the common case): the header, the estimate, the
+    reservation and the decode run there together. Before, the header and the decode were two trips with the
+    reservation on the event loop between them; at one connection that second trip cost ~0.1 ms of a 1.2 ms
+    ELPV decode (BENCHMARKS.md, run 4). Only when the budget is full does the caller wait on the event loop
+    and then decode in a second trip.
+
     Raises the ImageError family (DecodeMemoryError, a 413, when the image alone is over the budget) and
     DecodeBusyError (503) when the budget stays full past its wait.
     """
     loop = asyncio.get_running_loop()
-    image = await loop.run_in_executor(executor, open_image, data, max_pixels)
+    decoded = await loop.run_in_executor(executor, _decode_if_room, budget, loop, data, max_pixels)
+    if not isinstance(decoded, _NoRoom):
+        return decoded
     try:
-        nbytes = estimate_decode_bytes(image)
-        await budget.acquire(nbytes, deadline)
+        await budget.acquire(decoded.nbytes, deadline)
     except BaseException:
-        image.close()
+        decoded.image.close()
         raise
-    return await budget.run_reserved(executor, nbytes, _preprocess_and_close, image)
+    return await budget.run_reserved(executor, decoded.nbytes, _preprocess_and_close, decoded.image)

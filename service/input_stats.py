@@ -40,10 +40,22 @@ class InputProfile(BaseModel):
     contrast: Distribution
 
 
-def image_statistics(batch: np.ndarray) -> dict[Statistic, np.ndarray]:
-    """(N, 100, 100, 1) raw gray levels -> each image's mean gray level and contrast."""
-    flat = batch.reshape(len(batch), -1).astype(np.float64)
-    return {"mean_gray": flat.mean(axis=1), "contrast": flat.std(axis=1)}
+def image_statistics(batch: np.ndarray | Sequence[np.ndarray]) -> dict[Statistic, np.ndarray]:
+    """(N, 100, 100, 1) raw gray levels (an array, or a list of (100, 100, 1) arrays) -> each image's mean gray
+    level and contrast.
+
+    One pass for both moments (the variance as E[x^2] - E[x]^2, exact enough in float64 for 0-255 levels)
+    instead of numpy's std: it runs on the event loop for every served image, where the profile under load
+    (py-spy and cProfile at 16 connections) had numpy's mean, std and the stack before them at a quarter of
+    the loop's busy time."""
+    images = list(batch)
+    flat = np.empty((len(images), images[0].size if images else 0), np.float64)
+    for row, image in zip(flat, images, strict=True):
+        row[:] = image.reshape(-1)
+    count = max(flat.shape[1], 1)
+    mean = flat.sum(axis=1) / count
+    variance = np.einsum("ij,ij->i", flat, flat) / count - mean * mean
+    return {"mean_gray": mean, "contrast": np.sqrt(np.maximum(variance, 0.0))}
 
 
 def bin_index(statistic: Statistic, values: np.ndarray) -> np.ndarray:
@@ -87,7 +99,7 @@ class DriftMonitor:
         self._near: deque[bool] = deque(maxlen=window)
 
     def observe(
-        self, batch: np.ndarray, probabilities: Sequence[float], threshold: float
+        self, batch: np.ndarray | Sequence[np.ndarray], probabilities: Sequence[float], threshold: float
     ) -> dict[Statistic, np.ndarray]:
         stats = image_statistics(batch)
         for name in STATISTICS:

@@ -310,7 +310,7 @@ class Pipeline:
         finally:
             self.metrics.queue_depth.set(model.batcher.queued)
         if arrays and served_inputs:
-            statistics = self.drift.observe(np.stack(arrays), probabilities, self.threshold())
+            statistics = self.drift.observe(arrays, probabilities, self.threshold())
             self.metrics.observe_inputs(statistics)
         return Answer(probabilities, model)
 

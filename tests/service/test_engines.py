@@ -229,3 +229,19 @@ def test_auto_passes_over_a_variant_whose_file_is_absent(variant_model: Path) ->
                     BOTH, ("onnxruntime",))
     assert (choice.precision, choice.model_path.name) == ("fp32", "model.onnx")
     assert any(note.startswith("precision int8 on onnxruntime refused: its file ") for note in choice.notes)
+
+
+@pytest.mark.skipif(not openvino_engine.installed(), reason="the openvino extra is not installed")
+@pytest.mark.parametrize(("threads", "streams"), [(1, 1), (2, 2)])
+def test_openvino_splits_a_batch_across_its_streams_and_answers_in_order(
+    tiny_model_path: Path, threads: int, streams: int
+) -> None:
+    engine = openvino_engine.load(tiny_model_path.read_bytes(), tiny_model_path, "fp32", threads)
+    assert engine.describe()["streams"] == streams
+    # Sizes below, at and above the stream count, and one that does not divide evenly.
+    for size in (1, 2, 3, 7):
+        batch = np.random.default_rng(size).uniform(0, 255, (size, 100, 100, 1)).astype(np.float32)
+        answers = engine.run(batch)
+        assert answers.shape == (size,)
+        np.testing.assert_allclose(answers, tiny_probability(batch), atol=1e-5)
+        np.testing.assert_allclose(answers, [engine.run(batch[i : i + 1])[0] for i in range(size)], atol=1e-6)
