@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,19 +11,24 @@ import onnxruntime as ort
 
 from bench.timing import repeat
 from service.config import SessionSettings, Settings
-from service.model import INPUT_SHAPE, session_options
+from service.model import INPUT_SHAPE, Classifier, session_options
 
 BATCH_SIZES = (1, 8, 32)
+# Labels of the rows measured through the service's own engine (measure_served).
+SERVED = "served"
+SERVED_FP32 = "served-fp32"
 
 
 @dataclass(frozen=True)
 class CeilingResult:
-    model: str  # "fp32" or "int8"
+    model: str  # "fp32" or "int8" (onnxruntime); SERVED or SERVED_FP32 (the service's engine)
     batch_size: int
     images_per_s: float
     ms_per_batch_p50: float
     ms_per_batch_p99: float
     batches: int
+    engine: str = "onnxruntime"
+    precision: str = ""
 
 
 def service_session(path: Path) -> ort.InferenceSession:
@@ -39,14 +45,14 @@ def service_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def measure(label: str, path: Path, seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[CeilingResult]:
-    session = service_session(path)
-    name = session.get_inputs()[0].name
+def _measured(
+    label: str, run: Callable[[np.ndarray], object], seconds: float, batch_sizes: tuple[int, ...], **about: str
+) -> list[CeilingResult]:
     rng = np.random.default_rng(0)
     results = []
     for size in batch_sizes:
         x = rng.uniform(0, 255, (size, *INPUT_SHAPE)).astype(np.float32)
-        timings = repeat(lambda _, x=x: session.run(None, {name: x}), seconds, min_calls=5, warmup_calls=3)
+        timings = repeat(lambda _, x=x: run(x), seconds, min_calls=5, warmup_calls=3)
         results.append(
             CeilingResult(
                 model=label,
@@ -55,6 +61,27 @@ def measure(label: str, path: Path, seconds: float, batch_sizes: tuple[int, ...]
                 ms_per_batch_p50=timings.percentile_ms(50),
                 ms_per_batch_p99=timings.percentile_ms(99),
                 batches=timings.calls,
+                **about,
             )
         )
     return results
+
+
+def measure(label: str, path: Path, seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[CeilingResult]:
+    session = service_session(path)
+    name = session.get_inputs()[0].name
+    return _measured(label, lambda x: session.run(None, {name: x}), seconds, batch_sizes, precision=label)
+
+
+def measure_served(path: Path, service_env: Mapping[str, str], seconds: float) -> list[CeilingResult]:
+    """The model alone as `python -m service` runs it with these ENGINE/PRECISION settings: the variant they
+    choose (batch 1 and 8: the lone-request and throughput floors), and PRECISION=fp32 on the same engine
+    (batch 8: what the fp32 service is compared with)."""
+    engine = service_env.get("ENGINE", "auto")
+    served = Classifier.load(path, SessionSettings(), engine=engine, precision=service_env.get("PRECISION", "auto"))
+    fp32 = Classifier.load(path, SessionSettings(), engine=served.engine.name, precision="fp32")
+    return [
+        *_measured(SERVED, served.predict, seconds, (1, 8), engine=served.engine.name,
+                   precision=served.engine.precision),
+        *_measured(SERVED_FP32, fp32.predict, seconds, (8,), engine=fp32.engine.name, precision="fp32"),
+    ]  # fmt: skip

@@ -20,7 +20,8 @@ from bench.servers import ServerSpec, baseline_spec, service_spec
 
 log = logging.getLogger("bench")
 PARTS = ("ceiling", "preprocess", "e2e")
-SERVERS = (targets.SERVICE, targets.SERVICE_INT8, targets.BASELINE_ONNX, targets.BASELINE_KERAS)
+SERVERS = (targets.SERVICE, targets.SERVICE_FP32, targets.SERVICE_INT8, targets.BASELINE_ONNX,
+           targets.BASELINE_KERAS)
 LOG_DIR = Path(tempfile.gettempdir()) / "cell-classifier-bench" / "logs"
 # (full, --quick) defaults for the options left unset.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -125,6 +126,7 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
     env = dict(args.service_env)
     specs = {
         targets.SERVICE: service_spec(targets.SERVICE, args.model, env),
+        targets.SERVICE_FP32: service_spec(targets.SERVICE_FP32, args.model, {**env, "PRECISION": "fp32"}),
         targets.BASELINE_ONNX: baseline_spec(targets.BASELINE_ONNX, "bench.baselines.onnx_app",
                                              {"MODEL_PATH": str(args.model)}),
         targets.BASELINE_KERAS: baseline_spec(targets.BASELINE_KERAS, "bench.baselines.keras_app",
@@ -137,7 +139,7 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
 
 def _estimate_s(args: argparse.Namespace, servers: int) -> float:
     e2e = servers * len(args.corpora) * (len(args.connections) * args.duration + args.warmup + 3) + servers * 10
-    models = 2 if args.int8_model else 1
+    models = (2 if args.int8_model else 1) + 1  # + the served variant and fp32 on its engine
     seconds = models * 3 * args.ceiling_seconds + len(args.corpora) * 2 * args.preprocess_seconds
     return seconds + (e2e if "e2e" in args.parts else 0) + (120 if args.training else 0)
 
@@ -168,6 +170,8 @@ def run(args: argparse.Namespace) -> Results:
             if path is not None:
                 log.info("ceiling: %s %s", label, path)
                 results.ceiling += ceiling.measure(label, path, args.ceiling_seconds)
+        log.info("ceiling: the variant the service serves, and fp32 on its engine")
+        results.ceiling += ceiling.measure_served(args.model, dict(args.service_env), args.ceiling_seconds)
     if "preprocess" in args.parts:
         for corpus in chosen:
             log.info("preprocessing: %s", corpus.name)

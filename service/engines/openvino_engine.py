@@ -42,7 +42,9 @@ class OpenVinoEngine:
 
     name: EngineName = NAME
 
-    def __init__(self, latency: object, streams: object | None, precision: Precision, threads: int, version: str) -> None:
+    def __init__(
+        self, latency: object, streams: object | None, precision: Precision, threads: int, version: str
+    ) -> None:
         self._lone = latency.create_infer_request()  # type: ignore[attr-defined]
         self._streams = (
             [streams.create_infer_request() for _ in range(streams.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))]  # type: ignore[attr-defined]
