@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     # accuracy (recorded in the card by `python -m training.variants`) is within 0.5 point of fp32.
     engine: Literal["auto", "onnxruntime", "openvino"] = "auto"
     precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    # Test-time flips (training --tta): the card's flip-averaged file answers the mean over the four flips of
+    # each image, at 4x the model's compute, so it is only ever served when asked for.
+    flip_averaged: bool = Field(
+        False, description="serve the card's flip-averaged variant (model.tta.onnx from training --tta)"
+    )
 
     # Security: no CORS origin and no key unless configured.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

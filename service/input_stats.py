@@ -58,9 +58,13 @@ def image_statistics(batch: np.ndarray | Sequence[np.ndarray]) -> dict[Statistic
     return {"mean_gray": mean, "contrast": np.sqrt(np.maximum(variance, 0.0))}
 
 
+# The edges as arrays once, not per call: bin_index runs for every served image.
+_EDGE_ARRAYS: Final = {name: np.asarray(edges) for name, edges in EDGES.items()}
+
+
 def bin_index(statistic: Statistic, values: np.ndarray) -> np.ndarray:
     """The bin of each value; values beyond the last edge fall in the last bin."""
-    edges = np.asarray(EDGES[statistic])
+    edges = _EDGE_ARRAYS[statistic]
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
 
 

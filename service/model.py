@@ -54,12 +54,19 @@ class Classifier:
         self.choice = choice
         self.path = choice.model_path if choice is not None else None
 
+    @property
+    def flip_averaged(self) -> bool:
+        """Whether each answer is the mean over the image's four flips (a file made by training --tta)."""
+        return self.metadata.test_time_augmentation is not None
+
     @classmethod
     def load(
         cls, model_path: Path, settings: SessionSettings, *, engine: str = "auto", precision: str = "auto",
-        cpu: CpuCapabilities | None = None,
+        cpu: CpuCapabilities | None = None, flip_averaged: bool = False,
     ) -> Classifier:
-        """The card beside `model_path` says which variants exist; ENGINE/PRECISION and the CPU pick one."""
+        """The card beside `model_path` says which variants exist; ENGINE/PRECISION and the CPU pick one.
+        `flip_averaged` (FLIP_AVERAGED) serves the card's flip-averaged file instead, chosen among its own
+        card's variants the same way."""
         if not model_path.is_file():
             raise ModelLoadError(f"model file {model_path} does not exist")
         metadata_path = card_path_for(model_path)
@@ -67,6 +74,16 @@ class Classifier:
             metadata = read_model_card(metadata_path)
         except ModelCardError as exc:
             raise ModelLoadError(str(exc)) from exc
+        if flip_averaged and metadata.test_time_augmentation is None:
+            if metadata.flip_averaged_variant is None:
+                raise ModelLoadError(
+                    f"FLIP_AVERAGED=true but {metadata_path} records no flip-averaged variant: train with "
+                    "--tta (it writes model.tta.onnx beside the model), or unset FLIP_AVERAGED"
+                )
+            averaged = model_path.parent / metadata.flip_averaged_variant.file
+            log.info("FLIP_AVERAGED: serving %s, the mean over four flips (4x the compute of %s)",
+                     averaged, model_path.name)  # fmt: skip
+            return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu)
         declared = metadata.input.shape or [None, *INPUT_SHAPE]
         choice = choose(engine, precision, model_path, metadata, cpu or detect(), installed_engines())
         for note in choice.notes:
@@ -92,6 +109,7 @@ class Classifier:
             "id": self.model_id,
             "engine": served["engine"],
             "precision": served["precision"],
+            "flip_averaged": self.flip_averaged,
             "runtime": served,
         }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -75,6 +75,14 @@ class VariantCard(_Open):
     images_per_s: float | None = Field(None, description="model alone, batch 8, on the machine that measured it")
 
 
+class FlipAveragedVariant(_Open):
+    """The model with the mean over its four flips folded into the graph (same signature, 4x the compute)."""
+
+    file: str = Field(description="the .onnx file, relative to the card's folder; it has its own card")
+    threshold: float | None = Field(None, ge=0, le=1)
+    test_accuracy: float | None = None
+
+
 class ModelCard(_Open):
     name: str = "model"
     version: str | None = Field(None, description="the model's own version; MODEL_DIR's folder name wins")
@@ -90,6 +98,12 @@ class ModelCard(_Open):
     )
     variants: list[VariantCard] | None = Field(
         None, description="precision variants with their held-out accuracy; PRECISION=auto chooses among them"
+    )
+    flip_averaged_variant: FlipAveragedVariant | None = Field(
+        None, description="the file training --tta wrote beside this one; FLIP_AVERAGED=true serves it"
+    )
+    test_time_augmentation: dict[str, Any] | None = Field(
+        None, description="set on a flip-averaged file's own card: which flips it averages"
     )
 
 

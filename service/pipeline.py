@@ -94,7 +94,8 @@ class ServedModel:
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
         classifier = Classifier.load(
-            source.path, settings.session, engine=settings.engine, precision=settings.precision
+            source.path, settings.session, engine=settings.engine, precision=settings.precision,
+            flip_averaged=settings.flip_averaged,
         )
         version = source.version or str(getattr(classifier.metadata, "version", None) or "1")
         batcher = MicroBatcher(

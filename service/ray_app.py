@@ -98,7 +98,8 @@ class Model:
         # rolled out by redeploying the application (`serve deploy`), not by /admin/reload (README).
         self.source = model_source(settings)
         self.classifier = Classifier.load(
-            self.source.path, session, engine=settings.engine, precision=settings.precision
+            self.source.path, session, engine=settings.engine, precision=settings.precision,
+            flip_averaged=settings.flip_averaged,
         )
         self.classifier.warm_up(tuple(sorted({1, settings.max_batch_size})))
         self.predict.set_max_batch_size(settings.max_batch_size)
@@ -150,6 +151,10 @@ class RemoteClassifier:
         runtime = description.get("runtime")
         self.engine = RemoteEngine(runtime if isinstance(runtime, dict) else {})
         self.path = None
+
+    @property
+    def flip_averaged(self) -> bool:
+        return self.metadata.test_time_augmentation is not None
 
     def describe(self) -> dict[str, object]:
         return self._description

@@ -11,6 +11,9 @@ class ModelRef(BaseModel):
     version: str = Field(description="the version that answered: MODEL_DIR's folder name, else the card's, else 1")
     engine: str | None = Field(None, description="the inference engine that answered: onnxruntime or openvino")
     precision: str | None = Field(None, description="the precision variant that answered: fp32, int8 or bf16")
+    flip_averaged: bool = Field(
+        False, description="each probability is the mean over the image's four flips (FLIP_AVERAGED=true)"
+    )
 
 
 class Prediction(BaseModel):

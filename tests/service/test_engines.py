@@ -218,7 +218,7 @@ def test_http_answers_what_the_auto_variant_answers_offline(
     np.testing.assert_allclose(http, offline.predict(batch), atol=1e-6)
     np.testing.assert_allclose(http, int8_probability(batch), atol=1e-5)
     assert body.json()["model"] == {"id": sha(variant_model.with_name("model.int8.onnx")), "name": "tiny-test-model",
-                                    "version": "1", "engine": engine, "precision": "int8"}
+                                    "version": "1", "engine": engine, "precision": "int8", "flip_averaged": False}
     assert (served["engine"], served["precision"], served["id"]) == (engine, "int8", body.json()["model"]["id"])
     assert info == 1.0
 

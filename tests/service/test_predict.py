@@ -60,7 +60,7 @@ def test_predict_answers_a_png_upload_with_the_documented_body(client: TestClien
     served = client.get("/model").json()
     assert body["model"] == {
         "id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model", "version": "1",
-        "engine": served["engine"], "precision": "fp32",
+        "engine": served["engine"], "precision": "fp32", "flip_averaged": False,
     }
     assert body["threshold"] == 0.5
     [prediction] = body["predictions"]
