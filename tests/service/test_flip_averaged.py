@@ -60,8 +60,10 @@ def test_every_answer_and_the_start_up_line_say_a_flip_averaged_model_answered(
         body = client.post("/predict", content=gray_png(200), headers={"content-type": "image/png"}).json()
         described = client.get("/model").json()
     assert body["model"]["flip_averaged"] is True
-    assert body["predictions"][0]["probability"] == pytest.approx(float(averaged_probability(np.full((1, 1), 200.0))[0]))
-    assert described["flip_averaged"] is True and described["test_time_augmentation"]["plain_model"] == "model.onnx"
+    expected = float(averaged_probability(np.full((1, 1), 200.0))[0])
+    assert body["predictions"][0]["probability"] == pytest.approx(expected)
+    assert described["flip_averaged"] is True
+    assert described["test_time_augmentation"]["plain_model"] == "model.onnx"
     assert any("flip-averaged" in record.getMessage() and "ready" in record.getMessage() for record in caplog.records)
 
 
@@ -70,7 +72,8 @@ def test_a_card_without_a_flip_averaged_variant_is_refused_with_one_line(tiny_mo
         Classifier.load(tiny_model_path, SessionSettings(), flip_averaged=True)
     message = str(refused.value)
     assert "\n" not in message
-    assert "records no flip-averaged variant" in message and "--tta" in message and "FLIP_AVERAGED" in message
+    for part in ("records no flip-averaged variant", "--tta", "FLIP_AVERAGED"):
+        assert part in message
 
 
 def test_the_default_answer_says_it_is_not_flip_averaged(make_client) -> None:  # type: ignore[no-untyped-def]
