@@ -100,7 +100,7 @@ def _child(path: Path, legacy: bool) -> None:
     from service.preprocessing import DEFAULT_MAX_PIXELS, estimate_decode_bytes, open_image, preprocess_image
 
     if legacy:
-        from tests.service.legacy_preprocessing import legacy_preprocess_bytes as run
+        from bench.legacy_preprocessing import legacy_preprocess_bytes as run
     else:
         def run(data: bytes) -> object:
             return preprocess_image(image)

@@ -2,7 +2,7 @@
 
     python -m bench.overhead --requests 600
 
-Serves the tiny test model (a mean and a sigmoid: microseconds) in process through httpx's ASGI transport, one
+Serves a negligible model (a mean and a sigmoid: microseconds; bench.negligible_model) in process through httpx's ASGI transport, one
 request at a time, posting one ELPV cell; so the latency is preprocess_bytes plus everything around it (routing,
 dependencies, the decode pool, the batcher, encoding). Run it against two trees (PYTHONPATH) to compare them;
 BENCHMARKS.md has the figures that motivated the lone-request path and the async dependencies.
@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 
 from bench import corpora
+from bench.negligible_model import write_negligible_model
 from service.app import create_app
 from service.config import Settings
-from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 
 async def measure(model: Path, data: bytes, requests: int, warmup: int) -> np.ndarray:
@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     [elpv] = corpora.load(["elpv"], corpora.DEFAULT_DIR, 16)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_onnx(Path(tmp) / "model.onnx")
-        write_tiny_metadata(model)
+        model = write_negligible_model(Path(tmp) / "model.onnx")
         ms = asyncio.run(measure(model, elpv.payloads()[0], args.requests, args.warmup))
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    print(f"lone request, tiny model: p50 {p50:.2f}  p90 {p90:.2f}  p99 {p99:.2f} ms")
+    print(f"lone request, negligible model: p50 {p50:.2f}  p90 {p90:.2f}  p99 {p99:.2f} ms")
     return 0
 
 

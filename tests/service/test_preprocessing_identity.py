@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench import legacy_preprocessing as legacy
+from bench.legacy_preprocessing import legacy_preprocess_bytes
 from service import preprocessing
 from service.preprocessing import EXIF_ORIENTATION, preprocess_bytes
 from tests.conftest import image_bytes
-from tests.service import legacy_preprocessing as legacy
-from tests.service.legacy_preprocessing import legacy_preprocess_bytes
 
 RNG_SEEDS = range(3)
 
