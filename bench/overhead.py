@@ -5,7 +5,8 @@
 Serves a negligible model (a mean and a sigmoid: microseconds; bench.negligible_model) in process through
 httpx's ASGI transport, one request at a time, posting one ELPV cell; so the latency is preprocess_bytes
 plus everything around it (routing, dependencies, the decode pool, the batcher, encoding). Run it against two
-trees (PYTHONPATH) to compare them; BENCHMARKS.md has the figures that motivated the lone-request path and the async dependencies.
+trees (PYTHONPATH) to compare them; BENCHMARKS.md has the figures that motivated the lone-request path and
+the async dependencies.
 """
 
 from __future__ import annotations
