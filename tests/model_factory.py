@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 CLASS_NAMES = ("functional", "defective")
 
 
-def tiny_probability(batch: np.ndarray) -> np.ndarray:
-    """What the tiny model computes: sigmoid(8 * (mean/255 - 0.5)), so brighter means more 'defective'."""
+def tiny_probability(batch: np.ndarray, gain: float = 8.0) -> np.ndarray:
+    """What the tiny model computes: sigmoid(8 * (mean/255 - 0.5)), so brighter means more 'defective'
+    (`gain`: what a with_gain copy computes)."""
     mean = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
-    return 1.0 / (1.0 + np.exp(-8.0 * (mean - 0.5)))
+    return 1.0 / (1.0 + np.exp(-gain * (mean - 0.5)))
 
 
 def build_tiny_onnx(path: Path, *, input_shape: tuple = ("N", 100, 100, 1), output_width: int = 1) -> Path:
@@ -55,6 +56,17 @@ def save_checked(graph: onnx.GraphProto, path: Path) -> Path:
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
+    return path
+
+
+def with_gain(tiny: Path, gain: float, path: Path) -> Path:
+    """A copy of the tiny model answering sigmoid(gain * (mean/255 - 0.5)): another variant's file, its answers
+    told apart from the original's."""
+    graph = onnx.load(tiny)
+    for i, tensor in enumerate(graph.graph.initializer):
+        if tensor.name == "gain":
+            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(gain, np.float32), "gain"))
+    onnx.save(graph, path)
     return path
 
 

@@ -9,10 +9,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import numpy_helper
 
 from service import model as model_module
 from service.app import create_app
@@ -23,7 +21,7 @@ from service.engines.selection import choose
 from service.model import Classifier, ModelLoadError
 from service.model_card import read_model_card
 from service.preprocessing import preprocess_bytes
-from tests.model_factory import build_tiny_onnx, tiny_probability, write_tiny_metadata
+from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from tests.service.helpers import gray_png, metric
 
 ENGINES = [
@@ -40,11 +38,6 @@ VNNI_ONLY = from_flags({"avx512f", "avx512_vnni"})
 INT8_GAIN = 7.0
 
 
-def int8_probability(batch: np.ndarray) -> np.ndarray:
-    mean = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
-    return 1.0 / (1.0 + np.exp(-INT8_GAIN * (mean - 0.5)))
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -59,12 +52,7 @@ def variant_model(tmp_path: Path) -> Path:
     """model.onnx (fp32) and model.int8.onnx, with a card recording five variants; int8 within the gate,
     bf16 outside it (0.6 point below fp32)."""
     fp32 = build_tiny_onnx(tmp_path / "model.onnx")
-    graph = onnx.load(fp32)
-    for i, tensor in enumerate(graph.graph.initializer):
-        if tensor.name == "gain":
-            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(INT8_GAIN, np.float32), "gain"))
-    int8 = tmp_path / "model.int8.onnx"
-    onnx.save(graph, int8)
+    int8 = with_gain(fp32, INT8_GAIN, tmp_path / "model.int8.onnx")
     variants = [
         variant("onnxruntime", "fp32", "model.onnx", sha(fp32), 0.900),
         variant("onnxruntime", "int8", "model.int8.onnx", sha(int8), 0.897),
@@ -216,7 +204,7 @@ def test_http_answers_what_the_auto_variant_answers_offline(
     batch = np.stack([preprocess_bytes(d) for d in data])
     http = [p["probability"] for p in body.json()["predictions"]]
     np.testing.assert_allclose(http, offline.predict(batch), atol=1e-6)
-    np.testing.assert_allclose(http, int8_probability(batch), atol=1e-5)
+    np.testing.assert_allclose(http, tiny_probability(batch, INT8_GAIN), atol=1e-5)
     assert body.json()["model"] == {"id": sha(variant_model.with_name("model.int8.onnx")), "name": "tiny-test-model",
                                     "version": "1", "engine": engine, "precision": "int8", "flip_averaged": False}
     assert (served["engine"], served["precision"], served["id"]) == (engine, "int8", body.json()["model"]["id"])

@@ -6,35 +6,23 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import numpy_helper
 
 from service.app import create_app
 from service.config import SessionSettings, Settings
 from service.model import Classifier, ModelLoadError
-from tests.model_factory import build_tiny_onnx, tiny_probability, write_tiny_metadata
+from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from tests.service.helpers import gray_png
 
 # The stand-in for model.tta.onnx is the tiny graph with another gain, so its answers are told apart.
 AVERAGED_GAIN = 6.0
 
 
-def averaged_probability(batch: np.ndarray) -> np.ndarray:
-    mean = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
-    return 1.0 / (1.0 + np.exp(-AVERAGED_GAIN * (mean - 0.5)))
-
-
 @pytest.fixture
 def model_with_flips(tmp_path: Path) -> Path:
     plain = build_tiny_onnx(tmp_path / "model.onnx")
-    graph = onnx.load(plain)
-    for i, tensor in enumerate(graph.graph.initializer):
-        if tensor.name == "gain":
-            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(AVERAGED_GAIN, np.float32), "gain"))
-    averaged = tmp_path / "model.tta.onnx"
-    onnx.save(graph, averaged)
+    averaged = with_gain(plain, AVERAGED_GAIN, tmp_path / "model.tta.onnx")
     write_tiny_metadata(averaged, test_time_augmentation={"flips": ["identity", "horizontal", "vertical", "both"],
                                                           "plain_model": "model.onnx"})  # fmt: skip
     write_tiny_metadata(plain, flip_averaged_variant={"file": "model.tta.onnx", "threshold": 0.5})
@@ -46,7 +34,7 @@ def test_the_plain_model_serves_unless_flip_averaging_is_asked_for(model_with_fl
     plain = Classifier.load(model_with_flips, SessionSettings(), engine="onnxruntime")
     averaged = Classifier.load(model_with_flips, SessionSettings(), engine="onnxruntime", flip_averaged=True)
     np.testing.assert_allclose(plain.predict(batch), tiny_probability(batch), atol=1e-5)
-    np.testing.assert_allclose(averaged.predict(batch), averaged_probability(batch), atol=1e-5)
+    np.testing.assert_allclose(averaged.predict(batch), tiny_probability(batch, AVERAGED_GAIN), atol=1e-5)
     assert (plain.flip_averaged, averaged.flip_averaged) == (False, True)
     assert averaged.path == model_with_flips.with_name("model.tta.onnx")
     assert averaged.describe()["flip_averaged"] is True
@@ -60,7 +48,7 @@ def test_every_answer_and_the_start_up_line_say_a_flip_averaged_model_answered(
         body = client.post("/predict", content=gray_png(200), headers={"content-type": "image/png"}).json()
         described = client.get("/model").json()
     assert body["model"]["flip_averaged"] is True
-    expected = float(averaged_probability(np.full((1, 1), 200.0))[0])
+    expected = float(tiny_probability(np.full((1, 1), 200.0), AVERAGED_GAIN)[0])
     assert body["predictions"][0]["probability"] == pytest.approx(expected)
     assert described["flip_averaged"] is True
     assert described["test_time_augmentation"]["plain_model"] == "model.onnx"

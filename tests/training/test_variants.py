@@ -7,41 +7,25 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from service.config import SessionSettings
 from service.engines import installed_engines
 from service.engines.capabilities import from_flags
 from service.model import Classifier
 from service.model_card import read_model_card
-from tests.model_factory import build_tiny_onnx, write_tiny_metadata
+from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from training import variants
 from training.data import load_folder, split
 from training.evaluate import binary_metrics
-
-
-def with_gain(source: Path, target: Path, gain: float) -> Path:
-    graph = onnx.load(source)
-    for i, tensor in enumerate(graph.graph.initializer):
-        if tensor.name == "gain":
-            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(gain, np.float32), "gain"))
-    onnx.save(graph, target)
-    return target
-
-
-def probability(batch: np.ndarray, gain: float) -> np.ndarray:
-    mean = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
-    return 1.0 / (1.0 + np.exp(-gain * (mean - 0.5)))
 
 
 @pytest.fixture
 def folder_model(tmp_path: Path, toy_folder: Path) -> Path:
     """A 'model' of the toy folder (dark is its positive class, so darker scores higher), with an INT8 file
     that computes with a slightly different gain."""
-    model = with_gain(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "model.onnx", -8.0)
-    with_gain(model, tmp_path / "model.int8.onnx", -7.0)
+    model = with_gain(build_tiny_onnx(tmp_path / "tiny.onnx"), -8.0, tmp_path / "model.onnx")
+    with_gain(model, -7.0, tmp_path / "model.int8.onnx")
     write_tiny_metadata(model, class_names=["bright", "dark"], dataset={
         "name": "toy", "split": {"test_fraction": 0.25, "validation_fraction": 0.15, "seed": 0},
     })
@@ -57,7 +41,7 @@ def test_variants_are_measured_on_the_held_out_set_and_recorded(folder_model: Pa
     assert {k: v for k, v in after.items() if k not in ("variants", "variants_measured_on")} == before
 
     test = split(load_folder(toy_folder), 0.25, 0.15, seed=0).test
-    fp32, int8 = probability(test.x, -8.0), probability(test.x, -7.0)
+    fp32, int8 = tiny_probability(test.x, -8.0), tiny_probability(test.x, -7.0)
     recorded = {(v["engine"], v["precision"]): v for v in after["variants"]}
     expected = {("onnxruntime", "fp32"), ("onnxruntime", "int8")}
     if "openvino" in installed_engines():
