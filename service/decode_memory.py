@@ -230,9 +230,9 @@ async def decode_within_budget(
 
     One trip to a decode thread when the budget has room (the common case): the header, the estimate, the
     reservation and the decode run there together. Before, the header and the decode were two trips with the
-    reservation on the event loop between them; at one connection that second trip cost ~0.1 ms of a 1.2 ms
-    ELPV decode (BENCHMARKS.md, run 4). Only when the budget is full does the caller wait on the event loop
-    and then decode in a second trip.
+    reservation on the event loop between them: one queue hand-off and one event-loop wake-up more per image.
+    On its own that moved no benchmark beyond the run-to-run spread (BENCHMARKS.md, runs 4-6). Only when the
+    budget is full does the caller wait on the event loop and then decode in a second trip.
 
     Raises the ImageError family (DecodeMemoryError, a 413, when the image alone is over the budget) and
     DecodeBusyError (503) when the budget stays full past its wait.

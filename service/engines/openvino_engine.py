@@ -35,8 +35,8 @@ class OpenVinoEngine:
     THROUGHPUT compilation's streams (one thread each), run together.
 
     Why two: alone, both reach the same ~320 images/s (INT8, 2-core Zen 4); under load they do not. While
-    the decode pool and the event loop share the cores, a LATENCY inference's threads wait for each other
-    at every layer whenever one is preempted; independent one-thread streams keep going. Measured with wrk
+    the decode pool and the event loop share the cores, a LATENCY inference's threads (most likely) wait for
+    each other at every layer whenever one is preempted; independent one-thread streams keep going. Measured with wrk
     at 16 connections on ELPV (BENCHMARKS.md, "Runs 4-6"), four alternating 6 s runs each: 221.1 req/s with
     the streams against 211.5 with LATENCY alone (+4.5 %), the direction of the issue's 25-line servers
     (THROUGHPUT 236 against LATENCY 195)."""
