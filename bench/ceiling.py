@@ -74,12 +74,13 @@ def measure(label: str, path: Path, seconds: float, batch_sizes: tuple[int, ...]
 
 
 def measure_served(path: Path, service_env: Mapping[str, str], seconds: float) -> list[CeilingResult]:
-    """The model alone as `python -m service` runs it with these ENGINE/PRECISION settings: the variant they
-    choose (batch 1 and 8: the lone-request and throughput floors), and PRECISION=fp32 on the same engine
-    (batch 8: what the fp32 service is compared with)."""
-    engine = service_env.get("ENGINE", "auto")
-    served = Classifier.load(path, SessionSettings(), engine=engine, precision=service_env.get("PRECISION", "auto"))
-    fp32 = Classifier.load(path, SessionSettings(), engine=served.engine.name, precision="fp32")
+    """The model alone as `python -m service` runs it with these ENGINE/PRECISION/FLIP_AVERAGED settings: the
+    variant they choose (batch 1 and 8: the lone-request and throughput floors), and PRECISION=fp32 on the
+    same engine (batch 8: what the fp32 service is compared with)."""
+    flips = service_env.get("FLIP_AVERAGED", "false").strip().lower() in ("1", "true", "yes", "on")
+    served = Classifier.load(path, SessionSettings(), engine=service_env.get("ENGINE", "auto"),
+                             precision=service_env.get("PRECISION", "auto"), flip_averaged=flips)  # fmt: skip
+    fp32 = Classifier.load(path, SessionSettings(), engine=served.engine.name, precision="fp32", flip_averaged=flips)
     return [
         *_measured(SERVED, served.predict, seconds, (1, 8), engine=served.engine.name,
                    precision=served.engine.precision),
