@@ -45,13 +45,10 @@ def image_statistics(batch: np.ndarray | Sequence[np.ndarray]) -> dict[Statistic
     level and contrast.
 
     One pass for both moments (the variance as E[x^2] - E[x]^2, exact enough in float64 for 0-255 levels)
-    instead of numpy's std: it runs on the event loop for every served image, where the profile under load
-    (py-spy and cProfile at 16 connections) had numpy's mean, std and the stack before them at a quarter of
-    the loop's busy time."""
-    images = list(batch)
-    flat = np.empty((len(images), images[0].size if images else 0), np.float64)
-    for row, image in zip(flat, images, strict=True):
-        row[:] = image.reshape(-1)
+    instead of numpy's std, and a list converted straight to float64 (one copy, no separate stack): it runs
+    on the event loop for every served image, where the profile under load (py-spy and cProfile at 16
+    connections) had numpy's mean, std and the stack before them at a quarter of the loop's busy time."""
+    flat = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
     count = max(flat.shape[1], 1)
     mean = flat.sum(axis=1) / count
     variance = np.einsum("ij,ij->i", flat, flat) / count - mean * mean
