@@ -52,7 +52,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         log.info(
             "model %s (%s%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; limits %s",
             serving.classifier.path or settings.model_path, serving.classifier.model_id[:12],
-            ", flip-averaged: 4 flips per image" if serving.classifier.flip_averaged else "",
+            ", flip-averaged: 4 flips per image" if serving.classifier.metadata.flip_averaged else "",
             time.perf_counter() - start, warm_s,
             served["engine"], served["precision"], served["threads"], serving.limits.as_dict(),
         )

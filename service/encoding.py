@@ -17,7 +17,7 @@ def model_ref(model: ServedModel) -> ModelRef:
     return ModelRef(
         id=classifier.model_id, name=classifier.metadata.name, version=model.version,
         engine=classifier.engine.name, precision=classifier.engine.precision,
-        flip_averaged=classifier.flip_averaged,
+        flip_averaged=classifier.metadata.flip_averaged,
     )
 
 

@@ -54,11 +54,6 @@ class Classifier:
         self.choice = choice
         self.path = choice.model_path if choice is not None else None
 
-    @property
-    def flip_averaged(self) -> bool:
-        """Whether each answer is the mean over the image's four flips (a file made by training --tta)."""
-        return self.metadata.test_time_augmentation is not None
-
     @classmethod
     def load(
         cls, model_path: Path, settings: SessionSettings, *, engine: str = "auto", precision: str = "auto",
@@ -74,7 +69,7 @@ class Classifier:
             metadata = read_model_card(metadata_path)
         except ModelCardError as exc:
             raise ModelLoadError(str(exc)) from exc
-        if flip_averaged and metadata.test_time_augmentation is None:
+        if flip_averaged and not metadata.flip_averaged:
             if metadata.flip_averaged_variant is None:
                 raise ModelLoadError(
                     f"FLIP_AVERAGED=true but {metadata_path} records no flip-averaged variant: train with "
@@ -109,7 +104,7 @@ class Classifier:
             "id": self.model_id,
             "engine": served["engine"],
             "precision": served["precision"],
-            "flip_averaged": self.flip_averaged,
+            "flip_averaged": self.metadata.flip_averaged,
             "runtime": served,
         }
 

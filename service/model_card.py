@@ -106,6 +106,11 @@ class ModelCard(_Open):
         None, description="set on a flip-averaged file's own card: which flips it averages"
     )
 
+    @property
+    def flip_averaged(self) -> bool:
+        """Whether the file this card describes answers the mean over each image's four flips (training --tta)."""
+        return self.test_time_augmentation is not None
+
 
 def card_path_for(model_path: Path) -> Path:
     """`models/model.onnx` -> `models/model.json`: the one rule for where a model's card lives."""

@@ -152,10 +152,6 @@ class RemoteClassifier:
         self.engine = RemoteEngine(runtime if isinstance(runtime, dict) else {})
         self.path = None
 
-    @property
-    def flip_averaged(self) -> bool:
-        return self.metadata.test_time_augmentation is not None
-
     def describe(self) -> dict[str, object]:
         return self._description
 

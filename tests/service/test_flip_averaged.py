@@ -35,7 +35,7 @@ def test_the_plain_model_serves_unless_flip_averaging_is_asked_for(model_with_fl
     averaged = Classifier.load(model_with_flips, SessionSettings(), engine="onnxruntime", flip_averaged=True)
     np.testing.assert_allclose(plain.predict(batch), tiny_probability(batch), atol=1e-5)
     np.testing.assert_allclose(averaged.predict(batch), tiny_probability(batch, AVERAGED_GAIN), atol=1e-5)
-    assert (plain.flip_averaged, averaged.flip_averaged) == (False, True)
+    assert (plain.metadata.flip_averaged, averaged.metadata.flip_averaged) == (False, True)
     assert averaged.path == model_with_flips.with_name("model.tta.onnx")
     assert averaged.describe()["flip_averaged"] is True
 
