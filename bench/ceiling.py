@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import TypeAdapter
 
 from bench.timing import repeat
 from service.config import SessionSettings, Settings
@@ -77,7 +78,8 @@ def measure_served(path: Path, service_env: Mapping[str, str], seconds: float) -
     """The model alone as `python -m service` runs it with these ENGINE/PRECISION/FLIP_AVERAGED settings: the
     variant they choose (batch 1 and 8: the lone-request and throughput floors), and PRECISION=fp32 on the
     same engine (batch 8: what the fp32 service is compared with)."""
-    flips = service_env.get("FLIP_AVERAGED", "false").strip().lower() in ("1", "true", "yes", "on")
+    # Parsed as the service's settings parse it (pydantic's bool), not by a second list of spellings.
+    flips = TypeAdapter(bool).validate_python(service_env.get("FLIP_AVERAGED", False))
     served = Classifier.load(path, SessionSettings(), engine=service_env.get("ENGINE", "auto"),
                              precision=service_env.get("PRECISION", "auto"), flip_averaged=flips)  # fmt: skip
     fp32 = Classifier.load(path, SessionSettings(), engine=served.engine.name, precision="fp32", flip_averaged=flips)
