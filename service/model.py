@@ -44,6 +44,11 @@ def _read(path: Path) -> bytes:
         raise ModelLoadError(f"model file {path} is not readable: {exc.strerror}") from exc
 
 
+def serving_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """The shapes to warm up for serving: a lone request (batch 1) and the largest batch the batcher forms."""
+    return tuple(sorted({1, max_batch_size}))
+
+
 class Classifier:
     """A loaded, checked and warmed model with its card; which engine runs it is `engine.describe()`."""
 

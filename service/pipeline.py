@@ -33,7 +33,7 @@ from service.failures import BusyError, ReloadRefusedError
 from service.input_stats import DriftMonitor
 from service.memory import available_memory
 from service.metrics import Metrics
-from service.model import Classifier, ModelLoadError
+from service.model import Classifier, ModelLoadError, serving_batch_sizes
 from service.preprocessing import ImageError
 from service.versions import ModelSource, latest_source
 
@@ -108,7 +108,7 @@ class ServedModel:
         return cls(classifier, version, batcher)
 
     def warm_up(self, max_batch_size: int) -> float:
-        return self.classifier.warm_up(tuple(sorted({1, max_batch_size})))
+        return self.classifier.warm_up(serving_batch_sizes(max_batch_size))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from service.decode_memory import decode_limits
 from service.failures import BusyError
 from service.memory import available_memory
 from service.metrics import Metrics
-from service.model import Classifier
+from service.model import Classifier, serving_batch_sizes
 from service.model_card import ModelCard
 from service.pipeline import Pipeline, ServedModel, model_source
 
@@ -101,7 +101,7 @@ class Model:
             self.source.path, session, engine=settings.engine, precision=settings.precision,
             flip_averaged=settings.flip_averaged,
         )
-        self.classifier.warm_up(tuple(sorted({1, settings.max_batch_size})))
+        self.classifier.warm_up(serving_batch_sizes(settings.max_batch_size))
         self.predict.set_max_batch_size(settings.max_batch_size)
         self.predict.set_batch_wait_timeout_s(settings.max_batch_wait_ms / 1000)
         # One inference at a time, as in the single-process batcher: parallelism is inside onnxruntime.

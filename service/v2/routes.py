@@ -265,13 +265,16 @@ async def _infer(
     return Response(encoded.body, media_type="application/octet-stream", headers=headers)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferenceResponse,
-    responses=_infer_responses,
-    openapi_extra={"requestBody": _infer_body},
-    dependencies=[Depends(require_api_key)],
-)
+# The two infer paths (FastAPI needs one function per path) share everything else of their route.
+_infer_route: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": _infer_responses,
+    "openapi_extra": {"requestBody": _infer_body},
+    "dependencies": [Depends(require_api_key)],
+}
+
+
+@router.post("/models/{name}/infer", **_infer_route)
 async def infer(
     request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None
 ) -> Response:
@@ -279,13 +282,7 @@ async def infer(
     return await _infer(request, pipeline, name, None, header_length)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    responses=_infer_responses,
-    openapi_extra={"requestBody": _infer_body},
-    dependencies=[Depends(require_api_key)],
-)
+@router.post("/models/{name}/versions/{version}/infer", **_infer_route)
 async def infer_version(
     request: Request, pipeline: PipelineDep, name: ModelName, version: ModelVersion, header_length: HeaderLength = None
 ) -> Response:
