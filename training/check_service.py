@@ -53,21 +53,27 @@ def main(argv: list[str] | None = None) -> int:
             probabilities = np.array(list(pool.map(probability, test.sources)))
     measured = binary_metrics(test.y, probabilities, card.threshold)
     if variant is not None:
-        same = measured["accuracy"] == variant.accuracy
-        print(f"held-out images sent over HTTP: {measured['images']} ({variant.engine} {variant.precision})")
-        print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
-        print(f"accuracy of the variant:  {variant.accuracy:.4f}  (python -m training.variants)")
-        print("identical" if same else "DIFFERENT: serving does not see what the variant measurement saw")
-        return 0 if same else 1
+        return _report(
+            measured, f" ({variant.engine} {variant.precision})", measured["accuracy"] == variant.accuracy,
+            f"accuracy of the variant:  {variant.accuracy:.4f}  (python -m training.variants)",
+            "the variant measurement",
+        )
     recorded = card.test_metrics
     if recorded is None:
         print(f"check_service: {args.metadata} records no test_metrics to compare with", file=sys.stderr)
         return 2
-    same = measured["confusion_matrix"] == recorded.confusion_matrix
-    print(f"held-out images sent over HTTP: {measured['images']}")
+    return _report(
+        measured, "", measured["confusion_matrix"] == recorded.confusion_matrix,
+        f"accuracy at train time:   {recorded.accuracy:.4f}  confusion {recorded.confusion_matrix}", "training",
+    )
+
+
+def _report(measured: dict, served_by: str, same: bool, reference: str, reference_source: str) -> int:
+    """Prints HTTP's figures beside the reference's and the verdict; the exit status is the verdict."""
+    print(f"held-out images sent over HTTP: {measured['images']}{served_by}")
     print(f"accuracy via HTTP:        {measured['accuracy']:.4f}  confusion {measured['confusion_matrix']}")
-    print(f"accuracy at train time:   {recorded.accuracy:.4f}  confusion {recorded.confusion_matrix}")
-    print("identical" if same else "DIFFERENT: serving does not see what training saw")
+    print(reference)
+    print("identical" if same else f"DIFFERENT: serving does not see what {reference_source} saw")
     return 0 if same else 1
 
 
