@@ -26,6 +26,7 @@ test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 	  || echo "could not install chromium: the browser tests will be skipped" >&2; fi
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest
 
 train: $(VENV)/.dev-installed  ## reproduce the shipped default model (~80 min on 2 cores with AMX)

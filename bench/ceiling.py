@@ -11,8 +11,8 @@ import onnxruntime as ort
 from pydantic import TypeAdapter
 
 from bench.timing import repeat
-from service.config import SessionSettings, Settings
-from service.model import INPUT_SHAPE, Classifier, session_options
+from service.core.config import SessionSettings, Settings
+from service.core.model import INPUT_SHAPE, Classifier, session_options
 
 BATCH_SIZES = (1, 8, 32)
 # Labels of the rows measured through the service's own engine (measure_served).

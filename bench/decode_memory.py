@@ -97,7 +97,7 @@ class Measurement:
 
 def _child(path: Path, legacy: bool) -> None:
     """Runs in the fresh interpreter: header, estimate, then one preprocessing under a reset VmHWM."""
-    from service.preprocessing import DEFAULT_MAX_PIXELS, estimate_decode_bytes, open_image, preprocess_image
+    from service.core.preprocessing import DEFAULT_MAX_PIXELS, estimate_decode_bytes, open_image, preprocess_image
 
     if legacy:
         from bench.legacy_preprocessing import legacy_preprocess_bytes as run

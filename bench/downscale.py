@@ -5,7 +5,7 @@
 The seed CNN costs ~2 min an epoch on 2 cores, too slow to compare preprocessing variants; this fits
 the same architecture with 32 filters per block (~100x cheaper) on each variant of the training split
 and reports validation accuracy and ROC AUC, mean over seeds. The test split is never touched. It
-only ranks variants: a winner must still be shipped in service/preprocessing.py and the full model
+only ranks variants: a winner must still be shipped in service/core/preprocessing.py and the full model
 retrained, since serving and training share one preprocessing function.
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from service.preprocessing import INPUT_SIZE, RESIZE_FILTER
+from service.core.preprocessing import INPUT_SIZE, RESIZE_FILTER
 
 Downscale = Callable[[Image.Image], Image.Image]
 
 VARIANTS: dict[str, Downscale] = {
-    # What service/preprocessing.py does: Pillow bilinear, which averages over the reduction's support.
+    # What service/core/preprocessing.py does: Pillow bilinear, which averages over the reduction's support.
     "bilinear (shipped)": lambda im: im.resize(INPUT_SIZE, RESIZE_FILTER),
     # Dark cracks widened to 3 px first, so the averaging keeps their contrast.
     "min-filter 3 + bilinear": lambda im: im.filter(ImageFilter.MinFilter(3)).resize(

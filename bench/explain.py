@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.config import Settings
-from service.explain import OcclusionGrid, explain
-from service.metrics import Metrics
-from service.pipeline import EncodedImage, Pipeline
+from service.core.config import Settings
+from service.core.explain import OcclusionGrid, explain
+from service.core.metrics import Metrics
+from service.core.pipeline import EncodedImage, Pipeline
 
 
 def cell_image(seed: int) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.preprocessing import ALPHA_BACKGROUND, INPUT_SIZE, JPEG_DRAFT_MIN_SIDE, RESIZE_FILTER, open_image
+from service.core.preprocessing import ALPHA_BACKGROUND, INPUT_SIZE, JPEG_DRAFT_MIN_SIDE, RESIZE_FILTER, open_image
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
-from service.cpu import available_cpus
+from service.core.cpu import available_cpus
 
 PACKAGES = ("onnxruntime", "pillow", "numpy", "fastapi", "uvicorn", "tensorflow", "keras")
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from bench import corpora
 from bench.negligible_model import write_negligible_model
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 
 
 async def measure(model: Path, data: bytes, requests: int, warmup: int) -> np.ndarray:

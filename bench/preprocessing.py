@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from bench.baselines import decode_full
 from bench.corpora import Corpus
 from bench.timing import repeat
-from service.preprocessing import preprocess_bytes
+from service.core.preprocessing import preprocess_bytes
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 def _setting_names() -> frozenset[str]:
-    from service.config import Settings
+    from service.core.config import Settings
 
     return frozenset(name.upper() for name in Settings.model_fields)
 

@@ -31,12 +31,12 @@ from bench.machine import describe
 from bench.report import RESULTS_DIR
 from bench.servers import baseline_spec, service_spec
 from bench.timing import repeat
-from service.config import SessionSettings
-from service.cpu import available_cpus
-from service.engines import installed_engines, load_engine
-from service.engines.base import INPUT_SHAPE
-from service.model_card import card_path_for, read_model_card
-from service.preprocessing import preprocess_bytes
+from service.core.config import SessionSettings
+from service.core.cpu import available_cpus
+from service.core.engines import installed_engines, load_engine
+from service.core.engines.base import INPUT_SHAPE
+from service.core.model_card import card_path_for, read_model_card
+from service.core.preprocessing import preprocess_bytes
 
 log = logging.getLogger("bench")
 LONE_FACTOR = 1.3

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.model_card import ModelCardError, card_path_for, read_model_card
+from service.core.model_card import ModelCardError, card_path_for, read_model_card
 from training import data as datasets
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.model_card import ModelCardError, read_model_card
+from service.core.model_card import ModelCardError, read_model_card
 from training import data as datasets
 from training.evaluate import binary_metrics
 

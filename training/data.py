@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from service.model_card import ModelCard
-from service.preprocessing import ImageError, preprocess_bytes
+from service.core.model_card import ModelCard
+from service.core.preprocessing import ImageError, preprocess_bytes
 
 ELPV_CLASS_NAMES = ("functional", "defective")
 ELPV_DEFECT_THRESHOLD = 0.5

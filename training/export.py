@@ -12,7 +12,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from service.model_card import ModelCardError, card_path_for, validate_model_card
+from service.core.model_card import ModelCardError, card_path_for, validate_model_card
 
 EXPORT_TOLERANCE = 1e-4
 OPSET = 17

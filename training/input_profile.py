@@ -3,7 +3,7 @@
     python -m training.input_profile --model models/model.onnx                  # ELPV, split from the card
     python -m training.input_profile --model my/model.onnx --data-dir classes/  # a folder data set
 
-The profile is computed by `service.input_stats.profile_of` over the training split rebuilt from the split
+The profile is computed by `service.core.input_stats.profile_of` over the training split rebuilt from the split
 settings the card recorded, after the same preprocessing the service applies, so served and training inputs
 are binned by one function.
 """
@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.input_stats import profile_of
-from service.model_card import ModelCardError, card_path_for, read_model_card, update_model_card
+from service.core.input_stats import profile_of
+from service.core.model_card import ModelCardError, card_path_for, read_model_card, update_model_card
 from training.data import DataError, LabelledImages, recorded_split
 
 CHUNK = 256

@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from service.model_card import ModelCardError, card_path_for, read_model_card
-from service.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
+from service.core.model_card import ModelCardError, card_path_for, read_model_card
+from service.core.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
 from training import data as datasets
 from training.crossval import OutOfFold
 from training.evaluate import best_threshold, binary_metrics

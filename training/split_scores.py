@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.model_card import ModelCardError, card_path_for, read_model_card
+from service.core.model_card import ModelCardError, card_path_for, read_model_card
 from training import data as datasets
 
 

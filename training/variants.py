@@ -8,7 +8,7 @@ For every engine installed (onnxruntime; OpenVINO with the openvino extra) and e
 OpenVINO's runtime choice on the fp32 file) it records in `<model>.json` under `variants`: held-out
 accuracy and ROC AUC at the card's threshold, the largest probability difference from onnxruntime fp32,
 and images/s at batch 8 on this machine. The service's PRECISION=auto serves from that list
-(service.engines.selection); nothing here is ELPV-specific beyond rebuilding ELPV's split by default.
+(service.core.engines.selection); nothing here is ELPV-specific beyond rebuilding ELPV's split by default.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.config import SessionSettings
-from service.cpu import available_cpus
-from service.engines import detect, installed_engines, load_engine
-from service.engines.base import Engine, ModelLoadError, Precision
-from service.engines.selection import ENGINE_PRECISIONS
-from service.model_card import card_path_for, read_model_card, update_model_card
+from service.core.config import SessionSettings
+from service.core.cpu import available_cpus
+from service.core.engines import detect, installed_engines, load_engine
+from service.core.engines.base import Engine, ModelLoadError, Precision
+from service.core.engines.selection import ENGINE_PRECISIONS
+from service.core.model_card import card_path_for, read_model_card, update_model_card
 from training import data as datasets
 from training.evaluate import binary_metrics
 

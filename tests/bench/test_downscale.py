@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bench.downscale import VARIANTS
-from service.preprocessing import preprocess_bytes
+from service.core.preprocessing import preprocess_bytes
 
 
 def cell_with_a_crack() -> Image.Image:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.negligible_model import write_negligible_model
-from service.config import SessionSettings
-from service.model import Classifier
+from service.core.config import SessionSettings
+from service.core.model import Classifier
 
 
 def test_the_service_loads_it_and_it_answers_a_sigmoid_of_the_mean(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from service.explain_render import figure_size
+from service.core.explain_render import figure_size
 from tests.conftest import image_bytes
 from tests.reliability.conftest import Server
 from tests.service.helpers import gradient, gray_png

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import Settings
-from service.cpu import available_cpus
+from service.core.config import Settings
+from service.core.cpu import available_cpus
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the dev extra is not installed")
 
@@ -101,7 +101,7 @@ def test_cpu_limit_is_the_quota_the_service_sizes_its_threads_by(
     resources = container(base["Deployment"]["spec"]["template"]["spec"])["resources"]
     assert resources["requests"] == resources["limits"], "requests = limits keeps the pod Guaranteed"
     cpus = resources["limits"]["cpu"]
-    assert re.fullmatch(r"\d+", cpus), f"a whole-CPU limit: service/cpu.py rounds {cpus} up, oversubscribing"
+    assert re.fullmatch(r"\d+", cpus), f"a whole-CPU limit: service/core/cpu.py rounds {cpus} up, oversubscribing"
     # What the kubelet writes for that limit, read back as the service reads it.
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text(f"{int(cpus) * 100_000} 100000\n")

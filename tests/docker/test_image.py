@@ -26,8 +26,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.servers import wait_until_ready
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 pytestmark = pytest.mark.docker

@@ -14,15 +14,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 from tests.ray.conftest import NO_RAY, LocalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 ray = pytest.importorskip("ray", reason=NO_RAY)
 from ray import serve  # noqa: E402
 
-from service.ray_app import RaySettings, app_for  # noqa: E402
+from service.entrypoints.ray_app import RaySettings, app_for  # noqa: E402
 
 APP = "cells"
 # Two of each, one per CPU-half, so both nodes hold an ingress and a model replica.

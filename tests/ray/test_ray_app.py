@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
-from service.failures import BusyError
-from service.metrics import Metrics
+from service.core.config import Settings
+from service.core.failures import BusyError
+from service.core.metrics import Metrics
 from tests.ray.conftest import NO_RAY
 
 pytest.importorskip("ray", reason=NO_RAY)
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-from service.decode_memory import decode_limits
-from service.model import Classifier
-from service.pipeline import Pipeline, ServedModel
-from service.ray_app import RaySettings, RemoteClassifier, RemoteModel, ReplicaLostError
+from service.core.decode_memory import decode_limits
+from service.core.model import Classifier
+from service.core.pipeline import Pipeline, ServedModel
+from service.entrypoints.ray_app import RaySettings, RemoteClassifier, RemoteModel, ReplicaLostError
 
 
 class FakeResponse:
@@ -145,7 +145,7 @@ def test_the_shipped_serve_config_args_are_valid_ray_settings() -> None:
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/ray/serve-config.yaml").read_text())
     (app,) = config["applications"]
-    assert app["import_path"] == "service.ray_app:build_app"
+    assert app["import_path"] == "service.entrypoints.ray_app:build_app"
     RaySettings.model_validate(app["args"])
     Settings.model_validate({key.lower(): value for key, value in app["runtime_env"]["env_vars"].items()
                              if key.lower() in Settings.model_fields})

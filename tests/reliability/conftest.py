@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.servers import REPO_ROOT, Server, service_spec
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 
 __all__ = ["HOSTILE_LIMITS", "REPO_ROOT", "Server", "spawn_server"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocessing import preprocess_bytes
+from service.core.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
 from tests.model_factory import build_tiny_onnx, tiny_probability, write_tiny_metadata
 from tests.reliability.conftest import Server, spawn_server

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.preprocessing import (
+from service.core.preprocessing import (
     ImageError,
     ImageTooLargeError,
     UndecodableImageError,

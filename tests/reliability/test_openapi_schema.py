@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 from tests.reliability.strategies import SCALE
 
 # Not in the dev extra yet: skipped (and said so by -ra) rather than failing collection where it is missing.

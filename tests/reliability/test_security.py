@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service import decode_memory as decode_memory_module
-from service.app import create_app
-from service.config import Settings
-from service.decode_memory import decode_limits
-from service.deps import get_pipeline
-from service.memory import available_memory
+from service.core.config import Settings
+from service.core.decode_memory import decode_limits
+from service.core.memory import available_memory
+from service.edge.app import create_app
+from service.edge.deps import get_pipeline
 from tests.reliability.samples import valid_images
 
 PNG = valid_images()["png-gray"]

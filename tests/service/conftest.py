@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.model import Classifier
+from service.core.model import Classifier
 from tests.service.helpers import InferenceGate
 
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.pipeline import Pipeline
-from service.preprocessing import preprocess_bytes
+from service.core.pipeline import Pipeline
+from service.core.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
 from tests.model_factory import tiny_probability
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import MicroBatcher, OverloadedError
+from service.core.batching import MicroBatcher, OverloadedError
 from tests.service.helpers import (
     InferenceGate,
     expected_probability,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
-from service.model_card import card_path_for
+from service.core.config import Settings
+from service.core.model_card import card_path_for
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cpu import available_cpus
+from service.core.cpu import available_cpus
 
 AFFINITY = 8
 

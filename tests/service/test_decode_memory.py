@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service import decode_memory
-from service.decode_memory import (
+from service.core.decode_memory import (
     DEFAULT_MAX_PIXELS,
     MIN_BUDGET_BYTES,
     SERVICE_RESERVE_BYTES,
@@ -27,7 +27,7 @@ from service.decode_memory import (
     decode_within_budget,
     pixels_within,
 )
-from service.preprocessing import ImageTooLargeError, estimate_decode_bytes, open_image
+from service.core.preprocessing import ImageTooLargeError, estimate_decode_bytes, open_image
 from tests.conftest import image_bytes
 from tests.service.helpers import PNG_SIGNATURE, gray_png, pipeline_of, png_chunk
 

@@ -13,14 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import model as model_module
-from service.app import create_app
-from service.config import SessionSettings, Settings
-from service.engines import capabilities, openvino_engine
-from service.engines.capabilities import CpuCapabilities, from_flags
-from service.engines.selection import choose
-from service.model import Classifier, ModelLoadError
-from service.model_card import read_model_card
-from service.preprocessing import preprocess_bytes
+from service.core.config import SessionSettings, Settings
+from service.core.engines import capabilities, openvino_engine
+from service.core.engines.capabilities import CpuCapabilities, from_flags
+from service.core.engines.selection import choose
+from service.core.model import Classifier, ModelLoadError
+from service.core.model_card import read_model_card
+from service.core.preprocessing import preprocess_bytes
+from service.edge.app import create_app
 from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from tests.service.helpers import gray_png, metric
 
@@ -126,7 +126,7 @@ def test_auto_takes_bf16_when_int8_is_not_native_and_bf16_is_within_the_gate(var
 def test_a_variant_outside_the_gate_is_refused_with_one_line(
     variant_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="service.model"):
+    with caplog.at_level(logging.INFO, logger="service.core.model"):
         classifier = Classifier.load(
             variant_model, SessionSettings(), engine="onnxruntime", precision="auto", cpu=NONE
         )
@@ -138,7 +138,7 @@ def test_a_variant_outside_the_gate_is_refused_with_one_line(
     assert classifier.engine.precision == "fp32"
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="service.model"):
+    with caplog.at_level(logging.INFO, logger="service.core.model"):
         pick_bf16 = choose("openvino", "auto", variant_model, read_model_card(variant_model.with_suffix(".json")),
                            from_flags({"avx512_bf16"}), ("onnxruntime", "openvino"))
     assert pick_bf16.precision == "fp32"

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 from PIL import Image, ImageDraw
 
-from service.app import create_app
-from service.config import Settings
-from service.explain import OcclusionGrid, OcclusionParameterError, explain_with
-from service.explain_render import figure_size
-from service.model import Classifier
-from service.pipeline import Answer, Pipeline
-from service.preprocessing import preprocess_bytes
+from service.core.config import Settings
+from service.core.explain import OcclusionGrid, OcclusionParameterError, explain_with
+from service.core.explain_render import figure_size
+from service.core.model import Classifier
+from service.core.pipeline import Answer, Pipeline
+from service.core.preprocessing import preprocess_bytes
+from service.edge.app import create_app
 from tests.conftest import image_bytes
 from tests.model_factory import save_checked, write_tiny_metadata
 from tests.service.helpers import (

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.explain_cli import main
-from service.explain_render import figure_size
+from service.core.explain_render import figure_size
+from service.entrypoints.explain_cli import main
 from tests.service.helpers import gray_png
 
 

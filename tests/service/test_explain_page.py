@@ -37,5 +37,5 @@ def test_ui_enabled_false_turns_the_page_off(make_client: Callable[..., TestClie
 
 
 def test_unknown_static_files_are_404(client: TestClient) -> None:
-    assert client.get("/static/../service/config.py").status_code == 404
+    assert client.get("/static/../service/core/config.py").status_code == 404
     assert client.get("/static/missing.js").status_code == 404

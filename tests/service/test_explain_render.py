@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from service import colormap
-from service.explain import Explanation, OcclusionGrid
-from service.explain_render import _LEFT, _TOP, figure_size, input_png, render_png
+from service.core.explain import Explanation, OcclusionGrid
+from service.core.explain_render import _LEFT, _TOP, figure_size, input_png, render_png
 
 
 def explanation_with_one_hot_cell(row: int, column: int, label: str = "defective") -> Explanation:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import SessionSettings, Settings
-from service.model import Classifier, ModelLoadError
+from service.core.config import SessionSettings, Settings
+from service.core.model import Classifier, ModelLoadError
+from service.edge.app import create_app
 from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from tests.service.helpers import gray_png
 

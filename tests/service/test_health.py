@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
+from service.edge.app import create_app
 from tests.model_factory import CLASS_NAMES
 from tests.service.helpers import gray_png, metric
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.input_stats import EDGES, DriftMonitor, bin_index, population_stability_index, profile_of
+from service.core.input_stats import EDGES, DriftMonitor, bin_index, population_stability_index, profile_of
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 from tests.service.helpers import gray_png, metric
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.memory import available_memory
+from service.core.memory import available_memory
 
 MEMINFO = "MemTotal:       24684096 kB\nMemFree:        17046776 kB\n"
 MEM_TOTAL = 24684096 * 1024

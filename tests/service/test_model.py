@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
-from service.model import Classifier, ModelLoadError
+from service.core.config import Settings
+from service.core.model import Classifier, ModelLoadError
+from service.edge.app import create_app
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.predict_cli import COLUMNS, main
+from service.entrypoints.predict_cli import COLUMNS, main
 from tests.service.helpers import expected_probability, gray_png
 
 
@@ -85,7 +85,7 @@ def test_a_threshold_outside_0_to_1_is_a_usage_error(tmp_path: Path, value: str)
 def test_the_module_runs_as_a_command(folder: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     completed = subprocess.run(
-        [sys.executable, "-m", "service.predict_cli", str(folder / "line-a"), "--out", str(out)],
+        [sys.executable, "-m", "service.entrypoints.predict_cli", str(folder / "line-a"), "--out", str(out)],
         env={"PATH": "/usr/bin:/bin", "MODEL_PATH": str(tiny_model_path)},
         capture_output=True, text=True, timeout=120, check=False,
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocessing import (
+from service.core.preprocessing import (
     ALPHA_BACKGROUND,
     INPUT_SIZE,
     JPEG_DRAFT_MIN_SIDE,

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import service.__main__ as entry
+import service.entrypoints.server as entry
 from bench.servers import REPO_ROOT, Server, service_spec
-from service.model import Classifier
+from service.core.model import Classifier
 from tests.service.helpers import expected_probability, gray_png
 
 STOP_TIMEOUT_S = 10.0
@@ -69,12 +69,16 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_importing_the_app_reads_no_settings_and_loads_no_model() -> None:
     # Settings that would fail validation: an import that read them would raise.
-    result = _run_python("import service.app, service.__main__", PORT="not-a-port", MODEL_PATH="/nonexistent.onnx")
+    result = _run_python(
+        "import service.edge.app, service.entrypoints.server", PORT="not-a-port", MODEL_PATH="/nonexistent.onnx"
+    )
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
-    "module", ["service.pipeline", "service.batching", "service.preprocessing", "service.model", "service.metrics"]
+    "module",
+    ["service.core.pipeline", "service.core.batching", "service.core.preprocessing", "service.core.model",
+     "service.core.metrics"],
 )
 def test_the_request_pipeline_imports_no_web_framework(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')))"

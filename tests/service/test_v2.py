@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
-from service.preprocessing import preprocess_bytes
+from service.core.config import Settings
+from service.core.preprocessing import preprocess_bytes
+from service.edge.app import create_app
 from tests.model_factory import CLASS_NAMES, build_tiny_onnx, tiny_probability, write_tiny_metadata
 from tests.service.helpers import (
     InferenceGate,

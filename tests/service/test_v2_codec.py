@@ -1,4 +1,4 @@
-"""service.v2.codec without HTTP: request bodies in, tensors out, and responses back."""
+"""service.edge.routes.v2.codec without HTTP: request bodies in, tensors out, and responses back."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from service.v2 import codec
-from service.v2.schemas import InferenceRequest
+from service.edge.routes.v2 import codec
+from service.edge.routes.v2.schemas import InferenceRequest
 
 LIMITS = codec.Limits(max_items=4, max_item_bytes=64)
 

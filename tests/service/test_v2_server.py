@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from service.preprocessing import preprocess_bytes
+from service.core.preprocessing import preprocess_bytes
 from tests.model_factory import CLASS_NAMES, tiny_probability
 from tests.reliability.conftest import Server, spawn_server
 from tests.service.helpers import gray_png

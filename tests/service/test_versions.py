@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
-from service.model import ModelLoadError
+from service.core.config import Settings
+from service.core.model import ModelLoadError
+from service.edge.app import create_app
 from tests.service.helpers import gray_png, wait_until
 
 KEY = "admin-key"

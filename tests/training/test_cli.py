@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocessing import PREPROCESSING_DESCRIPTION
+from service.core.preprocessing import PREPROCESSING_DESCRIPTION
 from training.cli import main
 
 OPTIONS = [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocessing import preprocess_bytes
+from service.core.preprocessing import preprocess_bytes
 from tests.training.toy import encoded, gradient, sample_file
 from training.data import DataError, LabelledImages, load_folder, split
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_card import read_model_card
+from service.core.model_card import read_model_card
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 from training.data import load_folder, split
 from training.input_profile import main

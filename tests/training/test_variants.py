@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.config import SessionSettings
-from service.engines import installed_engines
-from service.engines.capabilities import from_flags
-from service.model import Classifier
-from service.model_card import read_model_card
+from service.core.config import SessionSettings
+from service.core.engines import installed_engines
+from service.core.engines.capabilities import from_flags
+from service.core.model import Classifier
+from service.core.model_card import read_model_card
 from tests.model_factory import build_tiny_onnx, tiny_probability, with_gain, write_tiny_metadata
 from training import variants
 from training.data import load_folder, split

@@ -1,0 +1,44 @@
+"""What every inference engine offers the service, and the one error a model that cannot be served raises."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import numpy as np
+
+from service.core.preprocessing import INPUT_SIZE
+
+EngineName = Literal["onnxruntime", "openvino"]
+Precision = Literal["fp32", "int8", "bf16"]
+INPUT_SHAPE = (*INPUT_SIZE, 1)
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served; the message says which file or setting and why."""
+
+
+class Engine(Protocol):
+    """A loaded model on one runtime: `run` takes (N, 100, 100, 1) float32 raw pixels, returns (N,) probabilities.
+
+    Engines are built by their module's `load(data, precision, threads, ...)`; nothing outside
+    `service.core.engines` knows which one runs."""
+
+    name: EngineName
+    precision: Precision
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+def warm_up(run: Callable[[np.ndarray], np.ndarray], batch_sizes: tuple[int, ...]) -> float:
+    """Runs each batch size once through `run` (an engine's, or whatever wraps it) so the first user request
+    does not pay for allocation (or, for OpenVINO, for preparing that input shape)."""
+    start = time.perf_counter()
+    for size in batch_sizes:
+        result = run(np.zeros((size, *INPUT_SHAPE), np.float32))
+        if result.shape != (size,) or not np.all(np.isfinite(result)):
+            raise ModelLoadError("model warm-up returned malformed or non-finite output")
+    return time.perf_counter() - start

@@ -1,0 +1,23 @@
+"""Domain errors of the request pipeline: what went wrong, in words a caller can act on.
+
+The pipeline raises these and knows no status codes; `service.edge.errors` maps each to HTTP at the edge.
+Image errors (bad, unsupported, too large) live beside the preprocessing that raises them.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of the pipeline's own failures; the message is safe to show a user."""
+
+
+class BusyError(ServiceError):
+    """The service cannot take this work now (queue full, deadline passed); the caller may retry."""
+
+
+class NotReadyError(ServiceError):
+    """The model is not loaded and warmed yet, or the service is shutting down."""
+
+
+class ReloadRefusedError(ServiceError):
+    """A newer model version failed its checks (or there is nothing to reload); the old one keeps serving."""

@@ -1,0 +1,109 @@
+"""Prometheus metrics, one registry per app so tests can build several apps in one process.
+
+The HTTP series are recorded by `service.edge.metrics_middleware` at the edge; the rest by the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.core.input_stats import STATISTICS, DriftMonitor, Statistic
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "Time from request start to response end",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.images = Counter(
+            "images_predicted_total", "Images that got a prediction", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size", "Images per onnxruntime call", buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "images_rejected_total", "Uploads refused, by reason", ["reason"], registry=self.registry
+        )
+        self.model_load_seconds = Gauge(
+            "model_load_seconds", "Time to load, check and warm up the model", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "inference_queue_images", "Images waiting for inference", registry=self.registry
+        )
+        self.ready = Gauge("model_ready", "1 once the model is loaded and warmed", registry=self.registry)
+        self.model_info = Gauge(
+            "model_info", "1 for the engine and precision variant that answer", ["engine", "precision"],
+            registry=self.registry,
+        )
+        self.served_version = Gauge(
+            "model_version_served", "1 for the model version that answers new requests", ["version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "model_reloads_total", "Newer versions swapped in or refused", ["outcome"], registry=self.registry
+        )
+
+        self.input_mean_gray = Histogram(
+            "input_mean_gray_level", "Mean gray level of each served model input",
+            buckets=tuple(range(16, 257, 16)), registry=self.registry,
+        )
+        self.input_contrast = Histogram(
+            "input_contrast", "Standard deviation of the gray levels of each served model input",
+            buckets=tuple(range(8, 129, 8)), registry=self.registry,
+        )
+        self.drift_psi = Gauge(
+            "input_drift_psi", "Population stability index of served inputs against the training profile "
+            "(NaN without a profile)", ["statistic"], registry=self.registry,
+        )
+        self.near_threshold = Gauge(
+            "predictions_near_threshold_ratio", "Share of recent predictions within NEAR_THRESHOLD_MARGIN of "
+            "the threshold", registry=self.registry,
+        )
+        self.drift_window = Gauge(
+            "input_drift_window_images", "Served images the drift metrics currently cover", registry=self.registry
+        )
+
+        # Explanations (POST /explain): their occluded copies also pass through the batcher, so they are in
+        # images_predicted_total and inference_batch_size too; these series tell them apart.
+        self.explanations = Counter(
+            "explanations_total", "Occlusion maps computed", registry=self.registry
+        )
+        self.explanation_images = Counter(
+            "explanation_images_total", "Occluded copies classified for explanations", registry=self.registry
+        )
+        self.explanation_seconds = Histogram(
+            "explanation_duration_seconds", "Time to classify all occluded copies of one explanation",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+
+    def watch_drift(self, monitor: DriftMonitor) -> None:
+        """The drift gauges read the monitor when scraped, so serving a request computes no index."""
+        for statistic in STATISTICS:
+            self.drift_psi.labels(statistic).set_function(lambda s=statistic: monitor.psi(s))
+        self.near_threshold.set_function(monitor.near_threshold_share)
+        self.drift_window.set_function(lambda: monitor.images)
+
+    def observe_inputs(self, statistics: dict[Statistic, np.ndarray]) -> None:
+        for value in statistics["mean_gray"]:
+            self.input_mean_gray.observe(value)
+        for value in statistics["contrast"]:
+            self.input_contrast.observe(value)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+        self.images.inc(size)
+
+    def observe_explanation(self, occluded: int, seconds: float) -> None:
+        self.explanations.inc()
+        self.explanation_images.inc(occluded)
+        self.explanation_seconds.observe(seconds)

@@ -1,0 +1,122 @@
+"""The classifier: the model card, the file's checks, and the engine that runs it (`service.core.engines`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from service.core.config import SessionSettings
+from service.core.cpu import available_cpus
+from service.core.engines import (
+    INPUT_SHAPE,
+    Choice,
+    CpuCapabilities,
+    Engine,
+    ModelLoadError,
+    choose,
+    detect,
+    installed_engines,
+    load_engine,
+    warm_up,
+)
+from service.core.engines.ort_engine import session_options
+from service.core.model_card import ModelCard, ModelCardError, card_path_for, read_model_card
+
+__all__ = ["INPUT_SHAPE", "Classifier", "ModelLoadError", "session_options"]
+log = logging.getLogger(__name__)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"model file {path} does not exist") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"model file {path} is not readable: {exc.strerror}") from exc
+
+
+def serving_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """The shapes to warm up for serving: a lone request (batch 1) and the largest batch the batcher forms."""
+    return tuple(sorted({1, max_batch_size}))
+
+
+class Classifier:
+    """A loaded, checked and warmed model with its card; which engine runs it is `engine.describe()`."""
+
+    def __init__(self, engine: Engine, metadata: ModelCard, model_id: str, choice: Choice | None = None) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.model_id = model_id
+        self.choice = choice
+        self.path = choice.model_path if choice is not None else None
+
+    @classmethod
+    def load(
+        cls, model_path: Path, settings: SessionSettings, *, engine: str = "auto", precision: str = "auto",
+        cpu: CpuCapabilities | None = None, flip_averaged: bool = False,
+    ) -> Classifier:
+        """The card beside `model_path` says which variants exist; ENGINE/PRECISION and the CPU pick one.
+        `flip_averaged` (FLIP_AVERAGED) serves the card's flip-averaged file instead, chosen among its own
+        card's variants the same way."""
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file {model_path} does not exist")
+        metadata_path = card_path_for(model_path)
+        try:
+            metadata = read_model_card(metadata_path)
+        except ModelCardError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if flip_averaged and not metadata.flip_averaged:
+            if metadata.flip_averaged_variant is None:
+                raise ModelLoadError(
+                    f"FLIP_AVERAGED=true but {metadata_path} records no flip-averaged variant: train with "
+                    "--tta (it writes model.tta.onnx beside the model), or unset FLIP_AVERAGED"
+                )
+            averaged = model_path.parent / metadata.flip_averaged_variant.file
+            log.info("FLIP_AVERAGED: serving %s, the mean over four flips (4x the compute of %s)",
+                     averaged, model_path.name)  # fmt: skip
+            return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu)
+        declared = metadata.input.shape or [None, *INPUT_SHAPE]
+        choice = choose(engine, precision, model_path, metadata, cpu or detect(), installed_engines())
+        for note in choice.notes:
+            log.info("%s", note)
+        for warning in choice.warnings:
+            log.warning("%s", warning)
+        data = _read(choice.model_path)
+        model_id = _sha256(data)
+        if choice.sha256 and choice.sha256 != model_id:
+            raise ModelLoadError(
+                f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"
+            )
+        runner = load_engine(choice.engine, data, choice.model_path, choice.precision, available_cpus(), settings)
+        if tuple(declared[1:]) != INPUT_SHAPE:
+            raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
+        return cls(runner, metadata, model_id, choice)
+
+    def describe(self) -> dict[str, object]:
+        """The card as written (unset defaults left out), the served file's sha256 and the engine: GET /model."""
+        served = self.engine.describe()
+        return {
+            **self.metadata.model_dump(mode="json", exclude_unset=True),
+            "id": self.model_id,
+            "engine": served["engine"],
+            "precision": served["precision"],
+            "flip_averaged": self.metadata.flip_averaged,
+            "runtime": served,
+        }
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 100, 100, 1) float32 raw pixels -> (N,) positive-class probabilities."""
+        return self.engine.run(batch)
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
+        """Runs each batch size once so the first user request does not pay for allocation."""
+        return warm_up(self.predict, batch_sizes)

@@ -1,0 +1,320 @@
+"""The request pipeline, free of any web framework: encoded images in, probabilities out.
+
+decode (a bounded thread pool running the shared preprocessing, each decode within the memory budget) ->
+predict (the served version's micro-batcher in front of its engine). Every door calls it: /predict,
+/explain and /preprocess, the Open Inference Protocol (`service.edge.routes.v2`), the `predict` folder CLI and the Ray
+Serve ingress. Failures are domain errors (`service.core.failures`, `service.core.preprocessing.ImageError`) that each
+door turns into its own status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.core.batching import MicroBatcher, OverloadedError
+from service.core.config import Settings
+from service.core.cpu import available_cpus
+from service.core.decode_memory import (
+    DecodeBudget,
+    DecodeBusyError,
+    DecodeLimits,
+    decode_limits,
+    decode_within_budget,
+)
+from service.core.failures import BusyError, ReloadRefusedError
+from service.core.input_stats import DriftMonitor
+from service.core.memory import available_memory
+from service.core.metrics import Metrics
+from service.core.model import Classifier, ModelLoadError, serving_batch_sizes
+from service.core.preprocessing import ImageError
+from service.core.versions import ModelSource, latest_source
+
+log = logging.getLogger(__name__)
+
+
+def model_source(settings: Settings) -> ModelSource:
+    if settings.model_dir is not None:
+        return latest_source(settings.model_dir)
+    return ModelSource(settings.model_path, None)
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    previous: str
+    serving: str
+    swapped: bool
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image file as a client sent it: its bytes and, when the client gave one, its name."""
+
+    name: str | None
+    data: bytes
+
+    @property
+    def name_for_errors(self) -> str:
+        return f"file '{self.name}'" if self.name else "the request body"
+
+
+class Predictor(Protocol):
+    """What the predict step runs through: the in-process MicroBatcher, or a remote model
+    (`service.entrypoints.ray_app.RemoteModel`, a Ray Serve deployment behind the same limits and errors)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded version with its own batcher, so a request admitted to it is answered by it even while a
+    newer version takes over (the old batcher drains what it admitted, then stops)."""
+
+    classifier: Classifier
+    version: str
+    batcher: Predictor
+
+    @classmethod
+    def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
+        classifier = Classifier.load(
+            source.path, settings.session, engine=settings.engine, precision=settings.precision,
+            flip_averaged=settings.flip_averaged,
+        )
+        version = source.version or str(getattr(classifier.metadata, "version", None) or "1")
+        batcher = MicroBatcher(
+            classifier.predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queue=settings.max_queue_images,
+            on_batch=metrics.observe_batch,
+        )
+        return cls(classifier, version, batcher)
+
+    def warm_up(self, max_batch_size: int) -> float:
+        return self.classifier.warm_up(serving_batch_sizes(max_batch_size))
+
+
+@dataclass(frozen=True)
+class Answer:
+    probabilities: list[float]
+    model: ServedModel
+
+
+class Pipeline:
+    """The served model with its decode pool and batcher; built once per process by `load`."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, model: ServedModel, decoder: ThreadPoolExecutor,
+        limits: DecodeLimits,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model = model
+        self.decoder = decoder
+        # Decodes are admitted within a memory budget that follows the container's limit (RELIABILITY.md).
+        self.limits = limits
+        self.budget = DecodeBudget(limits.decode_memory_budget_bytes, settings.decode_memory_wait_s)
+        self._reload_lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self.drift = self._drift_monitor(model)
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
+        """Loads and checks the model; raises ModelLoadError with a message for the log."""
+        model = ServedModel.load(model_source(settings), settings, metrics)
+        # Bounded, so many concurrent large uploads cannot each hold a full decoded image at once.
+        decoder = ThreadPoolExecutor(
+            max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
+        )
+        limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
+        return cls(settings, metrics, model, decoder, limits)
+
+    def _drift_monitor(self, model: ServedModel) -> DriftMonitor:
+        monitor = DriftMonitor(
+            model.classifier.metadata.input_statistics, self.settings.drift_window_images,
+            self.settings.near_threshold_margin,
+        )
+        self.metrics.watch_drift(monitor)
+        return monitor
+
+    @property
+    def classifier(self) -> Classifier:
+        """The model that answers requests admitted now."""
+        return self.model.classifier
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.model.batcher
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed and taking work: the one readiness flag (/readyz, the gauge, every door)."""
+        return self.model.batcher.accepting
+
+    def threshold(self, requested: float | None = None) -> float:
+        """The decision threshold: the request's, else the deployment's THRESHOLD, else the model card's."""
+        if requested is not None:
+            return requested
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self.model.classifier.metadata.threshold
+
+    def warm_up(self) -> float:
+        return self.model.warm_up(self.settings.max_batch_size)
+
+    async def start(self) -> None:
+        self.model.batcher.start()
+        self.metrics.ready.set_function(lambda: float(self.ready))
+        self._label_served(self.model)
+        if self.settings.model_dir is not None and self.settings.model_poll_interval_s > 0:
+            self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        async with self._reload_lock:
+            await self.model.batcher.stop()
+            await asyncio.gather(*self._draining)
+        self.decoder.shutdown(wait=True)
+
+    async def reload(self) -> ReloadOutcome:
+        """Serves MODEL_DIR's highest version if it is newer than the one served: loaded, checked and warmed
+        beside the old one, then swapped in; requests already admitted finish on the old one. A version that
+        fails its checks is refused (ReloadRefusedError) and the old one keeps serving."""
+        if self.settings.model_dir is None:
+            raise ReloadRefusedError("reload needs MODEL_DIR (versions); this service serves one MODEL_PATH file")
+        async with self._reload_lock:
+            current = self.model
+            try:
+                source = latest_source(self.settings.model_dir)
+            except ModelLoadError as exc:
+                raise ReloadRefusedError(f"{exc}; still serving version {current.version}") from exc
+            if int(source.version or 0) <= int(current.version):
+                return ReloadOutcome(current.version, current.version, swapped=False)
+            try:
+                candidate = await asyncio.to_thread(self._load_checked, source)
+            except ModelLoadError as exc:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("version %s refused, still serving %s: %s", source.version, current.version, exc)
+                raise ReloadRefusedError(
+                    f"version {source.version} refused: {exc}; still serving version {current.version}"
+                ) from exc
+            candidate.batcher.start()
+            self.model = candidate
+            self.drift = self._drift_monitor(candidate)
+            self._label_served(candidate)
+            self.metrics.reloads.labels("swapped").inc()
+            drain = asyncio.create_task(current.batcher.stop(), name=f"drain-version-{current.version}")
+            self._draining.add(drain)
+            drain.add_done_callback(self._draining.discard)
+            log.info("now serving version %s (%s); version %s drains", candidate.version,
+                     candidate.classifier.model_id[:12], current.version)
+            return ReloadOutcome(current.version, candidate.version, swapped=True)
+
+    def _label_served(self, model: ServedModel) -> None:
+        """model_version_served and model_info name the version, engine and precision that answer."""
+        served = model.classifier.engine.describe()
+        self.metrics.served_version.clear()
+        self.metrics.served_version.labels(model.version).set(1)
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(served["engine"], served["precision"]).set(1)
+
+    def _load_checked(self, source: ModelSource) -> ServedModel:
+        model = ServedModel.load(source, self.settings, self.metrics)
+        model.warm_up(self.settings.max_batch_size)
+        return model
+
+    async def _poll(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(ReloadRefusedError):  # logged by reload; the old version keeps serving
+                await self.reload()
+
+    def deadline(self) -> float:
+        """The event-loop time by which a request that starts now must be answered."""
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    async def classify(self, images: Sequence[EncodedImage], deadline: float) -> list[float]:
+        """Encoded images -> positive-class probabilities, in the same order."""
+        return (await self.answer(images, deadline)).probabilities
+
+    async def answer(self, images: Sequence[EncodedImage], deadline: float) -> Answer:
+        """As classify, with the model version that answered (all images of a call go to one version)."""
+        arrays = await self.decode(images, deadline)
+        return await self.predict_with_model(arrays, deadline)
+
+    async def decode(self, images: Sequence[EncodedImage], deadline: float) -> list[np.ndarray]:
+        """Runs the shared preprocessing off the event loop, each decode within the memory budget; the first
+        bad image fails the whole call."""
+        jobs = [
+            decode_within_budget(self.budget, self.decoder, image.data, self.limits.max_pixels, deadline)
+            for image in images
+        ]
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+        except TimeoutError as exc:
+            raise self.busy("decoding took too long") from exc
+        for image, result in zip(images, results, strict=True):
+            if isinstance(result, ImageError):
+                self.metrics.rejected.labels(type(result).__name__).inc()
+                # Same type, so each door maps it as before; the message says which file.
+                raise type(result)(f"{image.name_for_errors}: {result}") from result
+            if isinstance(result, DecodeBusyError):
+                self.metrics.rejected.labels("decode_memory_busy").inc()
+                raise self.busy(str(result)) from result
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    async def predict(
+        self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
+    ) -> list[float]:
+        """Preprocessed (100, 100, 1) arrays -> probabilities, through the micro-batcher. `served_inputs=False`
+        for arrays the service made itself (occluded copies), which must not count in the drift metrics."""
+        return (await self.predict_with_model(arrays, deadline, served_inputs=served_inputs)).probabilities
+
+    async def predict_with_model(
+        self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
+    ) -> Answer:
+        model = self.model
+        try:
+            async with asyncio.timeout_at(deadline):
+                probabilities = await model.batcher.predict_many(arrays)
+        except OverloadedError as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise self.busy(f"overloaded ({exc})") from exc
+        except TimeoutError as exc:
+            raise self.busy("inference did not finish in time") from exc
+        except BusyError as exc:  # the predictor's own (a lost Ray replica): its type, the pipeline's wording
+            raise self.busy(str(exc), type(exc)) from exc
+        finally:
+            self.metrics.queue_depth.set(model.batcher.queued)
+        if arrays and served_inputs:
+            statistics = self.drift.observe(arrays, probabilities, self.threshold())
+            self.metrics.observe_inputs(statistics)
+        return Answer(probabilities, model)
+
+    def busy(self, why: str, kind: type[BusyError] = BusyError) -> BusyError:
+        """The one wording of a retryable refusal, with RETRY_AFTER_S in it (the edge adds the header)."""
+        return kind(f"the service is busy: {why}; retry after {self.settings.retry_after_s} s")

@@ -1,0 +1,28 @@
+"""Typed dependencies, so handlers state what they use and tests can override it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.core.failures import NotReadyError
+from service.core.pipeline import Pipeline
+
+
+def ready_pipeline(request: Request) -> Pipeline | None:
+    """The pipeline once the model is loaded and warmed; None before that and while shutting down."""
+    pipeline: Pipeline | None = getattr(request.state, "pipeline", None)
+    return pipeline if pipeline is not None and pipeline.ready else None
+
+
+# async, like every dependency on the request path: FastAPI runs a plain `def` dependency in its thread pool,
+# a round trip to another thread per request that py-spy showed at one connection (BENCHMARKS.md).
+async def get_pipeline(request: Request) -> Pipeline:
+    pipeline = ready_pipeline(request)
+    if pipeline is None:
+        raise NotReadyError("the model is not loaded yet")
+    return pipeline
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]

@@ -1,0 +1,41 @@
+"""Probabilities -> the response body."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.core.pipeline import ServedModel
+from service.edge.schemas import ModelRef, Prediction, PredictResponse
+
+# On every answer that comes from (or vouches for) a model: which version it was, without parsing the body.
+VERSION_HEADER = "X-Model-Version"
+
+
+def model_ref(model: ServedModel) -> ModelRef:
+    """Which model answered: file sha256, name, version, engine and precision (every door's `model` object)."""
+    classifier = model.classifier
+    return ModelRef(
+        id=classifier.model_id, name=classifier.metadata.name, version=model.version,
+        engine=classifier.engine.name, precision=classifier.engine.precision,
+        flip_averaged=classifier.metadata.flip_averaged,
+    )
+
+
+def encode(
+    model: ServedModel, names: Sequence[str | None], probabilities: Sequence[float], threshold: float
+) -> PredictResponse:
+    """One prediction per image, in order; `names` are the client's file names (None where it sent none)."""
+    negative, positive = model.classifier.metadata.class_names
+    return PredictResponse(
+        model=model_ref(model),
+        threshold=threshold,
+        predictions=[
+            Prediction(
+                filename=name,
+                probability=p,
+                label=positive if p >= threshold else negative,
+                scores={negative: 1.0 - p, positive: p},
+            )
+            for name, p in zip(names, probabilities, strict=True)
+        ],
+    )

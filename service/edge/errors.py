@@ -1,0 +1,87 @@
+"""The HTTP edge's one table of domain errors -> status codes, and the handlers that answer them.
+
+Expected failures become JSON a person can act on; unexpected ones a generic 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from service.core.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError
+from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first class the error is an instance of decides.
+STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
+    (ImageTooLargeError, 413),
+    (UnsupportedImageFormatError, 415),
+    (ImageError, 400),
+    (BusyError, 503),
+    (NotReadyError, 503),
+    (ReloadRefusedError, 409),
+)
+# Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
+RETRYABLE = frozenset({503})
+
+
+def status_for(exc: Exception) -> int:
+    for kind, status in STATUS_FOR:
+        if isinstance(exc, kind):
+            return status
+    raise LookupError(f"no HTTP status for {type(exc).__name__}")
+
+
+def retry_headers(retry_after_s: int) -> dict[str, str]:
+    return {"Retry-After": str(retry_after_s)}
+
+
+def error_response(exc: Exception, retry_after_s: int, key: str = "detail") -> JSONResponse:
+    """The JSON answer to a domain error: `{key: message}` (`detail` here, the V2 protocol's `error` under
+    /v2), and Retry-After when it is retryable."""
+    status = status_for(exc)
+    headers = retry_headers(retry_after_s) if status in RETRYABLE else None
+    return JSONResponse({key: str(exc)}, status_code=status, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request.app.state.settings.retry_after_s)
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """FastAPI's list of problems as one sentence, so every 4xx body is `{"detail": "<text>"}`."""
+    problems = []
+    for error in exc.errors():
+        where, *path = error.get("loc", ()) or ("request",)
+        name = ".".join(map(str, path)) or str(where)
+        problems.append(f"{where} parameter '{name}': {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "the request is invalid"
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is left to read an answer; 499 (nginx's "client closed request") keeps it apart in metrics.
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(ImageError, _domain_error)
+    app.add_exception_handler(ServiceError, _domain_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,35 @@
+"""POST /admin/reload: serve MODEL_DIR's newest version now (also done by polling when configured)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from service.edge.deps import PipelineDep
+from service.edge.schemas import ErrorResponse, ReloadResponse
+from service.edge.security import require_api_key
+
+
+def require_configured_key(request: Request) -> None:
+    # An admin action must never be open: without a key there is nobody to trust.
+    if request.app.state.settings.api_key is None:
+        raise HTTPException(403, "POST /admin/reload is off: set API_KEY to use it (and send it in X-API-Key)")
+
+
+router = APIRouter()
+
+
+@router.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    dependencies=[Depends(require_configured_key), Depends(require_api_key)],
+    responses={
+        401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
+        403: {"model": ErrorResponse, "description": "no API_KEY is set, so the endpoint is off"},
+        409: {"model": ErrorResponse, "description": "the newer version failed its checks; the old one serves"},
+        503: {"model": ErrorResponse, "description": "not ready yet"},
+    },
+)
+async def reload(pipeline: PipelineDep) -> ReloadResponse:
+    """Loads, checks and warms MODEL_DIR's highest version beside the served one, then swaps it in."""
+    outcome = await pipeline.reload()
+    return ReloadResponse(previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped)

@@ -1,0 +1,71 @@
+"""POST /predict: decode -> predict -> encode."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from service.edge.deps import PipelineDep
+from service.edge.encoding import VERSION_HEADER, encode
+from service.edge.schemas import ErrorResponse, PredictResponse
+from service.edge.security import require_api_key
+from service.edge.uploads import arriving_by, read_uploads
+
+router = APIRouter()
+
+_errors = {
+    400: "not a decodable image (empty, truncated, garbage) or a malformed multipart body",
+    401: "API_KEY is set and X-API-Key is missing or wrong",
+    408: "the upload took longer than REQUEST_TIMEOUT_S",
+    413: "body, file or declared pixel count over the limit, or one image needs more than the decode memory budget",
+    415: "unsupported Content-Type or image format",
+    422: "no 'file'/'files' field, an unexpected field, too many files, or a threshold outside 0..1",
+    503: "overloaded (queue or decode memory budget full) or not ready; retry after the Retry-After header's seconds",
+}
+_binary = {"type": "string", "format": "binary"}
+# The body is parsed by hand (three shapes share one route), so its schema is stated here for /docs.
+_request_body = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {**_binary, "description": "one image"},
+                    "files": {"type": "array", "items": _binary, "minItems": 1, "description": "several images"},
+                },
+                # At least one image: a form with neither field is answered 422.
+                "minProperties": 1,
+            }
+        },
+        "image/*": {"schema": _binary},
+        "application/octet-stream": {"schema": _binary},
+    },
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
+    openapi_extra={"requestBody": _request_body},
+    dependencies=[Depends(require_api_key)],
+)
+async def predict(
+    request: Request,
+    response: Response,
+    pipeline: PipelineDep,
+    threshold: Annotated[
+        float | None, Query(ge=0, le=1, description="this request's decision threshold (default: the service's)")
+    ] = None,
+) -> PredictResponse:
+    """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
+    deadline = pipeline.deadline()
+    settings = pipeline.settings
+    async with arriving_by(deadline, settings.request_timeout_s):
+        images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
+    answer = await pipeline.answer(images, deadline)
+    names = [image.name for image in images]
+    response.headers[VERSION_HEADER] = answer.model.version
+    return encode(answer.model, names, answer.probabilities, pipeline.threshold(threshold))

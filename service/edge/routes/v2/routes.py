@@ -1,0 +1,290 @@
+"""`/v2/...`: the Open Inference Protocol's REST endpoints, with its `{"error": ...}` error bodies.
+
+The model's name is `name` in its model card and its version the card's `version` (else "1"). Inference
+goes through the same Pipeline as /predict (decode pool, micro-batcher, deadline), with MAX_FILES and
+MAX_FILE_BYTES applied per tensor; the body limit middleware already covers every route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.failures import NotReadyError, ServiceError
+from service.core.pipeline import EncodedImage, Pipeline, ServedModel
+from service.core.preprocessing import ImageError
+from service.edge.deps import PipelineDep, ready_pipeline
+from service.edge.encoding import VERSION_HEADER, encode
+from service.edge.errors import error_response
+from service.edge.routes.v2 import codec
+from service.edge.routes.v2.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    Liveness,
+    ModelMetadata,
+    Readiness,
+    ServerMetadata,
+    V2Error,
+)
+from service.edge.security import require_api_key
+from service.edge.uploads import arriving_by
+
+SERVER_NAME = "cell-classifier"
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORM = "onnxruntime_onnx"  # Triton's name for a model run by onnxruntime
+DEFAULT_VERSION = "1"
+
+
+PREFIX = "/v2"
+
+
+def error_key_for(path: str) -> str:
+    """The field an error message goes in at this path: the protocol's `error` under /v2, else `detail`."""
+    return "error" if path == PREFIX or path.startswith(PREFIX + "/") else "detail"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class V2Route(APIRoute):
+    """Answers every failure on /v2 as the protocol's `{"error": message}`, with the statuses of
+    service.edge.errors' one table (plus 400/413 for malformed tensors), so tritonclient can read them."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def rendering_errors(request: Request) -> Response:
+            retry_after_s: int = request.app.state.settings.retry_after_s
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:  # the API key's 401, 404, 408, 415
+                return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+                where = ".".join(str(part) for part in first.get("loc", ()))
+                return _error(400, f"{where}: {first.get('msg')}")
+            except codec.TensorTooLargeError as exc:
+                return _error(413, str(exc))
+            except codec.TensorError as exc:
+                return _error(400, str(exc))
+            except (ImageError, ServiceError) as exc:
+                return error_response(exc, retry_after_s, key="error")
+            # A body over MAX_BODY_BYTES propagates to service.edge.limits.BodySizeLimit, which answers 413 in the
+            # protocol's `error` field for /v2 paths (error_key_for) and closes the connection.
+
+        return rendering_errors
+
+
+_errors = {
+    400: "malformed request or tensor (datatype, shape, data length, base64, JSON), or an undecodable image",
+    401: "API_KEY is set and X-API-Key is missing or wrong",
+    404: "no model of that name or version",
+    408: "the request body took longer than REQUEST_TIMEOUT_S to arrive",
+    413: "body, encoded image or declared pixel count over the limit",
+    415: "a compressed body or an unsupported image format",
+    503: "overloaded or not ready; retry after the Retry-After header's seconds",
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": V2Error, "description": _errors[code]} for code in codes}
+
+
+# Bounded so a name is never a megabyte of URL in an error message; longer ones are 400.
+ModelName = Annotated[str, Path(min_length=1, max_length=256, description="`name` in the model card")]
+ModelVersion = Annotated[
+    str, Path(min_length=1, max_length=64, description="MODEL_DIR's number, else the card's `version`, else 1")
+]
+
+router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
+
+
+def served(pipeline: Pipeline, name: str, version: str | None) -> ServedModel:
+    """The served model if `name` (and `version`, when given) are its own, else 404. Its version is the
+    pipeline's: MODEL_DIR's folder number, else the card's `version`, else "1"."""
+    model = pipeline.model
+    if name != model.classifier.metadata.name:
+        raise HTTPException(404, f"no model '{name}': this server serves '{model.classifier.metadata.name}'")
+    if version is not None and version != model.version:
+        raise HTTPException(404, f"model '{name}' has no version '{version}': it serves version '{model.version}'")
+    return model
+
+
+@router.get("", response_model=ServerMetadata)
+async def server_metadata(request: Request) -> ServerMetadata:
+    """Server metadata: name, version and protocol extensions."""
+    return ServerMetadata(name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live() -> Liveness:
+    """The process is alive (it may still be loading the model)."""
+    return Liveness(live=True)
+
+
+@router.get("/health/ready", response_model=Readiness, responses=_responses(503))
+async def ready(request: Request) -> Readiness:
+    """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
+    if ready_pipeline(request) is None:
+        raise NotReadyError("the model is not ready")
+    return Readiness(ready=True)
+
+
+def _metadata(model: ServedModel) -> ModelMetadata:
+    return ModelMetadata(
+        name=model.classifier.metadata.name,
+        versions=[model.version],
+        platform=PLATFORM,
+        inputs=[spec.metadata() for spec in codec.INPUTS],
+        outputs=[spec.metadata() for spec in codec.OUTPUTS],
+    )
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=_responses(400, 404, 503))
+async def model_metadata(pipeline: PipelineDep, name: ModelName) -> ModelMetadata:
+    """Model metadata: versions, inputs and outputs with their datatypes and shapes (-1: any batch size)."""
+    return _metadata(served(pipeline, name, None))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_responses(400, 404, 503))
+async def model_version_metadata(pipeline: PipelineDep, name: ModelName, version: ModelVersion) -> ModelMetadata:
+    """Model metadata for one version."""
+    return _metadata(served(pipeline, name, version))
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> Readiness:
+    pipeline: Pipeline | None = getattr(request.state, "pipeline", None)
+    if pipeline is None:
+        raise NotReadyError("the model is not loaded yet")
+    served(pipeline, name, version)
+    if not pipeline.ready:
+        raise NotReadyError("the model is not ready")
+    return Readiness(ready=True)
+
+
+@router.get("/models/{name}/ready", response_model=Readiness, responses=_responses(400, 404, 503))
+async def model_ready(request: Request, name: ModelName) -> Readiness:
+    """The model is loaded, warmed and taking requests."""
+    return await _model_ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, responses=_responses(400, 404, 503))
+async def model_version_ready(request: Request, name: ModelName, version: ModelVersion) -> Readiness:
+    """One version of the model is loaded, warmed and taking requests."""
+    return await _model_ready(request, name, version)
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic schema with its `$defs` written in place: /docs and schemathesis resolve `#/...` against the
+    whole OpenAPI document, where pydantic's local `#/$defs/...` do not exist (the models are not recursive)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+_infer_body = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": _inline_refs(InferenceRequest.model_json_schema())},
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": f"binary tensor data extension: the JSON request ({codec.HEADER_LENGTH} bytes), "
+            "then each binary input's data",
+        },
+    },
+}
+_infer_ok = {
+    200: {
+        "description": "the outputs, in JSON; or, when any output is binary, the JSON header and then the "
+        f"binary data (its length in the {codec.HEADER_LENGTH} response header)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_infer_responses = {**_infer_ok, **_responses(400, 401, 404, 408, 413, 415, 503)}
+
+HeaderLength = Annotated[
+    int | None,
+    Header(alias=codec.HEADER_LENGTH, ge=0, description="length of the JSON header when binary data follows it"),
+]
+
+
+async def _infer(
+    request: Request, pipeline: Pipeline, name: str, version: str | None, header_length: int | None
+) -> Response:
+    served(pipeline, name, version)
+    settings = pipeline.settings
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise HTTPException(415, f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
+    deadline = pipeline.deadline()
+    async with arriving_by(deadline, settings.request_timeout_s, "the body"):
+        body = await request.body()
+    limits = codec.Limits(settings.max_files, settings.max_file_bytes)
+    parsed = codec.parse_request(body, header_length, limits)
+    tensor = codec.read_input(parsed, limits)
+    outputs = codec.choose_outputs(parsed.request)  # before inference: a bad output name costs no compute
+    if tensor.images is not None:
+        images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(tensor.images)]
+        answer = await pipeline.answer(images, deadline)
+    else:
+        answer = await pipeline.predict_with_model(list(tensor.pixels), deadline)  # type: ignore[arg-type]
+    if version is not None and answer.model.version != version:
+        # A reload swapped versions while this request waited; the protocol promises the version asked for.
+        raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
+    # /predict's own encoder, so the label follows the one threshold rule (THRESHOLD, else the card's).
+    predictions = encode(answer.model, [None] * len(answer.probabilities), answer.probabilities, pipeline.threshold())
+    encoded = codec.encode_response(
+        model_name=answer.model.classifier.metadata.name,
+        model_version=answer.model.version,
+        request_id=parsed.request.id,
+        outputs=outputs,
+        probabilities=[p.probability for p in predictions.predictions],
+        labels=[p.label for p in predictions.predictions],
+    )
+    headers = {VERSION_HEADER: answer.model.version}
+    if encoded.header_length is None:
+        return Response(encoded.body, media_type="application/json", headers=headers)
+    headers[codec.HEADER_LENGTH] = str(encoded.header_length)
+    return Response(encoded.body, media_type="application/octet-stream", headers=headers)
+
+
+# The two infer paths (FastAPI needs one function per path) share everything else of their route.
+_infer_route: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": _infer_responses,
+    "openapi_extra": {"requestBody": _infer_body},
+    "dependencies": [Depends(require_api_key)],
+}
+
+
+@router.post("/models/{name}/infer", **_infer_route)
+async def infer(
+    request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None
+) -> Response:
+    """Classify images sent as `image_bytes` (BYTES [N], encoded files) or `input` (FP32 [N,100,100,1], 0-255)."""
+    return await _infer(request, pipeline, name, None, header_length)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **_infer_route)
+async def infer_version(
+    request: Request, pipeline: PipelineDep, name: ModelName, version: ModelVersion, header_length: HeaderLength = None
+) -> Response:
+    """Inference on one version of the model; the same inputs and outputs."""
+    return await _infer(request, pipeline, name, version, header_length)

@@ -1,0 +1,1 @@
+"""Entry points: the server main, the predict and explain CLIs, the Ray Serve application."""

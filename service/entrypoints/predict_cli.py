@@ -1,0 +1,146 @@
+"""`predict PATH... --out results.csv`: classify files, folders (recursively) and globs without a server.
+
+The images go through the same pipeline as an HTTP request (decode pool, preprocessing, pixel limit,
+micro-batcher, model), so an offline run answers exactly what /predict would. A file that cannot be read
+or decoded gets a row with the reason and the run goes on; the exit status is 1 only when no file at all
+could be classified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import glob
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.core.config import Settings
+from service.core.failures import ServiceError
+from service.core.metrics import Metrics
+from service.core.model import ModelLoadError
+from service.core.pipeline import EncodedImage, Pipeline
+from service.core.preprocessing import ImageError
+from service.edge.encoding import encode
+
+COLUMNS = ("path", "probability", "label", "model_version", "error")
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    probability: float | None = None
+    label: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+
+    def as_csv(self) -> list[str]:
+        probability = "" if self.probability is None else f"{self.probability:.6f}"
+        return [self.path, probability, self.label or "", self.model_version or "", self.error or ""]
+
+
+def expand(arguments: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
+    """Each file to classify, or a path with the reason it cannot be: folders recursively, globs expanded."""
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            yield from ((file, None) for file in sorted(path.rglob("*")) if file.is_file())
+        elif path.exists():
+            yield path, None
+        elif GLOB_CHARS & set(argument):
+            matches = sorted(Path(match) for match in glob.glob(argument, recursive=True))
+            files = [match for match in matches if match.is_file()]
+            if not files:
+                yield path, "the pattern matches no file"
+            yield from ((file, None) for file in files)
+        else:
+            yield path, "no such file or folder"
+
+
+async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None) -> Row:
+    try:
+        size = path.stat().st_size
+        if size > pipeline.settings.max_file_bytes:
+            return Row(str(path), error=f"the file is larger than the {pipeline.settings.max_file_bytes}-byte limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        return Row(str(path), error=f"cannot read the file: {exc.strerror}")
+    try:
+        answer = await pipeline.answer([EncodedImage(path.name, data)], pipeline.deadline())
+    except (ImageError, ServiceError) as exc:
+        return Row(str(path), error=str(exc))
+    # /predict's own encoder, so the label follows the one threshold rule.
+    (prediction,) = encode(answer.model, [path.name], answer.probabilities, pipeline.threshold(threshold)).predictions
+    return Row(str(path), prediction.probability, prediction.label, answer.model.version)
+
+
+async def classify_paths(
+    pipeline: Pipeline, found: Sequence[tuple[Path, str | None]], threshold: float | None, progress: tqdm
+) -> list[Row]:
+    """Rows in input order; files go in groups that fill the batcher without overflowing its queue."""
+    group = max(1, min(pipeline.settings.max_queue_images, 4 * pipeline.settings.max_batch_size))
+    rows: list[Row] = []
+    for start in range(0, len(found), group):
+        chunk = found[start : start + group]
+        jobs = [
+            _classify_one(pipeline, path, threshold) if why is None else _refused(path, why) for path, why in chunk
+        ]
+        rows.extend(await asyncio.gather(*jobs))
+        progress.update(len(chunk))
+    return rows
+
+
+async def _refused(path: Path, why: str) -> Row:
+    return Row(str(path), error=why)
+
+
+async def run(settings: Settings, found: Sequence[tuple[Path, str | None]], threshold: float | None) -> list[Row]:
+    pipeline = Pipeline.load(settings, Metrics())
+    pipeline.warm_up()
+    await pipeline.start()
+    try:
+        with tqdm(total=len(found), unit="image", file=sys.stderr, disable=None) as progress:
+            return await classify_paths(pipeline, found, threshold, progress)
+    finally:
+        await pipeline.stop()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("--out", type=Path, required=True, help="the CSV to write (path, probability, label, ...)")
+    parser.add_argument("--model", type=Path, help="ONNX model (default: MODEL_PATH / MODEL_DIR settings)")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: THRESHOLD, else the model's)")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        parser.error(f"--threshold must lie in 0..1, not {args.threshold}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {"model_path": args.model, "model_dir": None} if args.model else {}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    found = list(expand(args.paths))
+    try:
+        rows = asyncio.run(run(settings, found, args.threshold))
+    except ModelLoadError as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows(row.as_csv() for row in rows)
+    classified = sum(row.error is None for row in rows)
+    print(f"predict: {classified} of {len(rows)} files classified; wrote {args.out}", file=sys.stderr)
+    return 0 if classified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
