@@ -11,13 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.failures import BusyError
+from service.core.failures import OverloadedError
 
 log = logging.getLogger(__name__)
-
-
-class OverloadedError(BusyError):
-    """The queue is full, or the batcher is stopping; the caller may retry later."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from service.core.batching import OverloadedError
+from service.core.failures import OverloadedError
 from service.core.preprocessing import (
     DECODE_OVERHEAD_BYTES,
     DEFAULT_MAX_PIXELS,

@@ -15,6 +15,10 @@ class BusyError(ServiceError):
     """The service cannot take this work now (queue full, deadline passed); the caller may retry."""
 
 
+class OverloadedError(BusyError):
+    """More work is in flight than admission allows (images queued, decode memory), or a stage is stopping."""
+
+
 class NotReadyError(ServiceError):
     """The model is not loaded and warmed yet, or the service is shutting down."""
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.core.batching import MicroBatcher, OverloadedError
+from service.core.batching import MicroBatcher
 from service.core.config import Settings
 from service.core.cpu import available_cpus
 from service.core.decode_memory import (
@@ -29,7 +29,7 @@ from service.core.decode_memory import (
     decode_limits,
     decode_within_budget,
 )
-from service.core.failures import BusyError, ReloadRefusedError
+from service.core.failures import BusyError, OverloadedError, ReloadRefusedError
 from service.core.input_stats import DriftMonitor
 from service.core.memory import available_memory
 from service.core.metrics import Metrics

@@ -28,10 +28,9 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Receive, Scope, Send
 
-from service.core.batching import OverloadedError
 from service.core.config import Settings
 from service.core.decode_memory import decode_limits
-from service.core.failures import BusyError
+from service.core.failures import BusyError, OverloadedError
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import Classifier, serving_batch_sizes

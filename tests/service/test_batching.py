@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.core.batching import MicroBatcher, OverloadedError
+from service.core.batching import MicroBatcher
+from service.core.failures import OverloadedError
 from tests.service.helpers import (
     InferenceGate,
     expected_probability,
