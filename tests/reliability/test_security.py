@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import decode_memory as decode_memory_module
+from service.core import decode_memory as decode_memory_module
 from service.core.config import Settings
 from service.core.decode_memory import decode_limits
 from service.core.memory import available_memory

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import model as model_module
+from service.core import model as model_module
 from service.core.config import SessionSettings, Settings
 from service.core.engines import capabilities, openvino_engine
 from service.core.engines.capabilities import CpuCapabilities, from_flags

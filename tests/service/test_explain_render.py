@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import colormap
+from service.core import colormap
 from service.core.explain import Explanation, OcclusionGrid
 from service.core.explain_render import _LEFT, _TOP, figure_size, input_png, render_png
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench import legacy_preprocessing as legacy
 from bench.legacy_preprocessing import legacy_preprocess_bytes
-from service import preprocessing
+from service.core import preprocessing
 from service.core.preprocessing import EXIF_ORIENTATION, preprocess_bytes
 from tests.conftest import image_bytes
 
