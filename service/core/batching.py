@@ -27,7 +27,7 @@ class MicroBatcher:
     and hands each caller exactly its own result. While a batch runs, the next one queues, so
     batches grow with load without adding latency when idle.
 
-    A lone request (nothing queued, nothing running, no MAX_BATCH_WAIT_MS) skips the queue and the
+    A lone request (nothing queued, nothing running, no MAX_BATCH_WAIT_S) skips the queue and the
     worker: the caller hands its batch to the inference thread itself. What it saves was measured with
     py-spy and an in-process loop (BENCHMARKS.md): the queue put/get, the worker task's wake-up and the
     gather over per-image futures, on every request at one connection. Requests arriving meanwhile queue

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from service.core.labels import is_positive, label_for
 from service.core.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
@@ -102,12 +103,12 @@ class Explanation:
         cls, image: np.ndarray, grid: OcclusionGrid, base: float, occluded: Sequence[float],
         threshold: float, class_names: Sequence[str],
     ) -> Explanation:
-        positive = base >= threshold
+        positive = is_positive(base, threshold)
         shifts = np.asarray(occluded, dtype=np.float64).reshape(grid.rows, grid.columns) - base
         # Probability of the predicted class before minus after: p(pos) falls or, for a negative
         # prediction, p(neg) = 1 - p(pos) falls when p(pos) rises.
         drops = -shifts if positive else shifts
-        return cls(image, grid, float(base), class_names[int(positive)], positive, drops)
+        return cls(image, grid, float(base), label_for(base, threshold, class_names), positive, drops)
 
     @property
     def strongest(self) -> tuple[int, int]:

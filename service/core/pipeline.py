@@ -101,7 +101,7 @@ class ServedModel:
         batcher = MicroBatcher(
             classifier.predict,
             max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_wait_s=settings.max_batch_wait_s,
             max_queue=settings.max_queue_images,
             on_batch=metrics.observe_batch,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.core.labels import label_for, scores_for
 from service.core.pipeline import ServedModel
 from service.edge.schemas import ModelRef, Prediction, PredictResponse
 
@@ -25,7 +26,7 @@ def encode(
     model: ServedModel, names: Sequence[str | None], probabilities: Sequence[float], threshold: float
 ) -> PredictResponse:
     """One prediction per image, in order; `names` are the client's file names (None where it sent none)."""
-    negative, positive = model.classifier.metadata.class_names
+    class_names = model.classifier.metadata.class_names
     return PredictResponse(
         model=model_ref(model),
         threshold=threshold,
@@ -33,8 +34,8 @@ def encode(
             Prediction(
                 filename=name,
                 probability=p,
-                label=positive if p >= threshold else negative,
-                scores={negative: 1.0 - p, positive: p},
+                label=label_for(p, threshold, class_names),
+                scores=scores_for(p, class_names),
             )
             for name, p in zip(names, probabilities, strict=True)
         ],

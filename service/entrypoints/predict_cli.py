@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from service.core.config import Settings
 from service.core.failures import ServiceError
+from service.core.labels import label_for
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import EncodedImage, Pipeline
 from service.core.preprocessing import ImageError
-from service.edge.encoding import encode
 
 COLUMNS = ("path", "probability", "label", "model_version", "error")
 GLOB_CHARS = frozenset("*?[")
@@ -74,9 +74,9 @@ async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None)
         answer = await pipeline.answer([EncodedImage(path.name, data)], pipeline.deadline())
     except (ImageError, ServiceError) as exc:
         return Row(str(path), error=str(exc))
-    # /predict's own encoder, so the label follows the one threshold rule.
-    (prediction,) = encode(answer.model, [path.name], answer.probabilities, pipeline.threshold(threshold)).predictions
-    return Row(str(path), prediction.probability, prediction.label, answer.model.version)
+    (probability,) = answer.probabilities
+    label = label_for(probability, pipeline.threshold(threshold), answer.model.classifier.metadata.class_names)
+    return Row(str(path), probability, label, answer.model.version)
 
 
 async def classify_paths(

@@ -102,7 +102,7 @@ class Model:
         )
         self.classifier.warm_up(serving_batch_sizes(settings.max_batch_size))
         self.predict.set_max_batch_size(settings.max_batch_size)
-        self.predict.set_batch_wait_timeout_s(settings.max_batch_wait_ms / 1000)
+        self.predict.set_batch_wait_timeout_s(settings.max_batch_wait_s)
         # One inference at a time, as in the single-process batcher: parallelism is inside onnxruntime.
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
@@ -111,7 +111,7 @@ class Model:
         version = self.source.version or str(self.classifier.metadata.version or "1")
         return self.classifier.metadata, self.classifier.model_id, self.classifier.describe(), version
 
-    # The decorator's values are replaced in __init__ from MAX_BATCH_SIZE and MAX_BATCH_WAIT_MS.
+    # The decorator's values are replaced in __init__ from MAX_BATCH_SIZE and MAX_BATCH_WAIT_S.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def predict(self, images: list[np.ndarray]) -> list[float]:
         """One call per image; Ray hands this method every call queued meanwhile, up to the batch size."""

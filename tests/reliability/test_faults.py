@@ -237,7 +237,7 @@ def test_clients_that_disconnect_while_their_images_wait_for_inference_leave_no_
     start_server: Callable[..., Server],
 ) -> None:
     # Every batch waits 300 ms for company, so the clients below leave while their image is queued.
-    server = start_server(MAX_BATCH_WAIT_MS=300, MAX_BATCH_SIZE=64)
+    server = start_server(MAX_BATCH_WAIT_S=0.3, MAX_BATCH_SIZE=64)
     body = multipart(PNG)
     sockets = []
     for _ in range(10):
@@ -259,7 +259,7 @@ def test_clients_that_disconnect_while_their_images_wait_for_inference_leave_no_
 
 
 def test_concurrent_requests_each_get_their_own_images_result(start_server: Callable[..., Server]) -> None:
-    server = start_server(MAX_BATCH_SIZE=8, MAX_BATCH_WAIT_MS=5, MAX_FILES=3)
+    server = start_server(MAX_BATCH_SIZE=8, MAX_BATCH_WAIT_S=0.005, MAX_FILES=3)
     rng = np.random.default_rng(7)
     images = [
         image_bytes(Image.fromarray(np.full((40, 40), level, np.uint8)), "PNG")

@@ -45,7 +45,7 @@ def test_overload_is_answered_with_503_and_retry_after_and_passes_by_itself(
     start_server: Callable[..., Server],
 ) -> None:
     # A 4-image queue, and every batch waits 200 ms for company: 32 clients overflow it at once.
-    server = start_server(MAX_QUEUE_IMAGES=4, MAX_BATCH_SIZE=64, MAX_BATCH_WAIT_MS=200, RETRY_AFTER_S=2)
+    server = start_server(MAX_QUEUE_IMAGES=4, MAX_BATCH_SIZE=64, MAX_BATCH_WAIT_S=0.2, RETRY_AFTER_S=2)
     statuses, retry_after = asyncio.run(_burst(server.base_url, clients=32, seconds=3))
     assert statuses[503] > 0, statuses
     assert statuses[200] > 0, statuses

@@ -234,7 +234,7 @@ def post_png(client: TestClient, data: bytes) -> httpx.Response:
 
 
 def test_concurrent_requests_each_get_their_own_image_result(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(MAX_BATCH_WAIT_MS=40, MAX_BATCH_SIZE=8)
+    client = make_client(MAX_BATCH_WAIT_S=0.04, MAX_BATCH_SIZE=8)
     images = [gray_png(level) for level in range(40, 240, 8)]  # 25 brightnesses, 25 probabilities
     start = threading.Barrier(len(images))
 

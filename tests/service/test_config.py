@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.core.config import Settings
+from service.core.config import GROUPS, Settings
 from service.core.model_card import card_path_for
+from service.core.settings_reference import reference_markdown
 
 
 @pytest.mark.parametrize(
@@ -50,12 +51,12 @@ def test_the_api_key_is_kept_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_settings_read_typed_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_PATH", "/srv/models/cells.onnx")
-    monkeypatch.setenv("MAX_BATCH_WAIT_MS", "2.5")
+    monkeypatch.setenv("MAX_BATCH_WAIT_S", "0.0025")
     monkeypatch.setenv("ORT_CPU_MEM_ARENA", "false")
     settings = Settings()
     assert settings.model_path == Path("/srv/models/cells.onnx")
     assert card_path_for(settings.model_path) == Path("/srv/models/cells.json")
-    assert settings.max_batch_wait_ms == 2.5
+    assert settings.max_batch_wait_s == 0.0025
     assert settings.ort_cpu_mem_arena is False
 
 
@@ -64,7 +65,9 @@ def test_settings_read_typed_values_from_the_environment(monkeypatch: pytest.Mon
     [
         ("PORT", "70000"),
         ("MAX_BATCH_SIZE", "0"),
-        ("MAX_BATCH_WAIT_MS", "-1"),
+        ("MAX_BATCH_WAIT_S", "-1"),
+        ("DECODE_THREADS", "-2"),
+        ("MAX_PIXELS", "some"),
         ("MAX_QUEUE_IMAGES", "0"),
         ("MAX_FILES", "many"),
         ("LOG_LEVEL", "verbose"),
@@ -75,3 +78,27 @@ def test_settings_refuse_invalid_values(monkeypatch: pytest.MonkeyPatch, name: s
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.lower()):
         Settings()
+
+
+def test_a_renamed_setting_is_refused_with_its_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_BATCH_WAIT_MS", "5")
+    with pytest.raises(ValidationError, match=r"MAX_BATCH_WAIT_MS is no longer read: set MAX_BATCH_WAIT_S"):
+        Settings()
+
+
+@pytest.mark.parametrize("name", ["DECODE_THREADS", "ORT_INTRA_OP_THREADS", "MAX_PIXELS", "DECODE_MEMORY_BUDGET_BYTES"])
+@pytest.mark.parametrize("value", ["auto", "", "0"])
+def test_auto_lets_the_service_size_it(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(Settings(), name.lower()) is None
+
+
+def test_every_setting_belongs_to_exactly_one_group() -> None:
+    grouped = [name for group in GROUPS for name in group.model_fields]
+    assert sorted(grouped) == sorted(Settings.model_fields)
+    assert len(grouped) == len(set(grouped))
+
+
+def test_the_configuration_reference_is_the_one_the_settings_write() -> None:
+    written = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert written == reference_markdown(), "docs/configuration.md is stale: python -m service.core.settings_reference"

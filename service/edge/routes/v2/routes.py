@@ -17,10 +17,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.failures import NotReadyError, ServiceError
+from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline, ServedModel
 from service.core.preprocessing import ImageError
 from service.edge.deps import PipelineDep, ready_pipeline
-from service.edge.encoding import VERSION_HEADER, encode
+from service.edge.encoding import VERSION_HEADER
 from service.edge.errors import error_response
 from service.edge.routes.v2 import codec
 from service.edge.routes.v2.schemas import (
@@ -248,15 +249,14 @@ async def _infer(
     if version is not None and answer.model.version != version:
         # A reload swapped versions while this request waited; the protocol promises the version asked for.
         raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
-    # /predict's own encoder, so the label follows the one threshold rule (THRESHOLD, else the card's).
-    predictions = encode(answer.model, [None] * len(answer.probabilities), answer.probabilities, pipeline.threshold())
+    threshold, class_names = pipeline.threshold(), answer.model.classifier.metadata.class_names
     encoded = codec.encode_response(
         model_name=answer.model.classifier.metadata.name,
         model_version=answer.model.version,
         request_id=parsed.request.id,
         outputs=outputs,
-        probabilities=[p.probability for p in predictions.predictions],
-        labels=[p.label for p in predictions.predictions],
+        probabilities=answer.probabilities,
+        labels=[label_for(p, threshold, class_names) for p in answer.probabilities],
     )
     headers = {VERSION_HEADER: answer.model.version}
     if encoded.header_length is None:
