@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from service.core.failures import InvalidRequestError
 from service.core.labels import is_positive, label_for
 from service.core.preprocessing import INPUT_SIZE
 
@@ -27,7 +28,7 @@ FILL_LEVEL: Final = 128.0
 SIDE: Final = INPUT_SIZE[0]
 
 
-class OcclusionParameterError(ValueError):
+class OcclusionParameterError(InvalidRequestError):
     """Patch or stride out of range, or more occluded copies than allowed; the message names the fix."""
 
 

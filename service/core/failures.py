@@ -11,6 +11,42 @@ class ServiceError(Exception):
     """Base of the pipeline's own failures; the message is safe to show a user."""
 
 
+class RequestError(ServiceError):
+    """The request itself is wrong: sent again unchanged, it fails again."""
+
+
+class InvalidRequestError(RequestError):
+    """Well-formed, but not what this door takes (a missing field, a parameter out of range, too many files)."""
+
+
+class MalformedRequestError(RequestError):
+    """Cannot be parsed at all (a broken multipart body, a tensor the protocol does not allow)."""
+
+
+class PayloadTooLargeError(RequestError):
+    """A body or file over its byte limit."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A Content-Type or Content-Encoding this door does not read."""
+
+
+class RequestTimeoutError(RequestError):
+    """The body did not arrive before the request's deadline."""
+
+
+class UnauthorizedError(RequestError):
+    """API_KEY is set and the request's X-API-Key is missing or wrong."""
+
+
+class ForbiddenError(RequestError):
+    """The door is off in this deployment."""
+
+
+class NotFoundError(RequestError):
+    """No such model, version or record."""
+
+
 class BusyError(ServiceError):
     """The service cannot take this work now (queue full, deadline passed); the caller may retry."""
 

@@ -81,7 +81,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         page.install(app)
     install_error_handlers(app)
     # Last added runs first: metrics see every response, including 413s from the body limit.
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes, error_key_for=v2.error_key_for)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

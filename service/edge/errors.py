@@ -1,39 +1,90 @@
-"""The HTTP edge's one table of domain errors -> status codes, and the handlers that answer them.
+"""The HTTP edge's one table of errors -> status codes, for every door, and the handlers that answer them.
 
-Expected failures become JSON a person can act on; unexpected ones a generic 500 that leaks nothing.
+Two protocols share the table: the service's own routes answer `{"detail": message}`, the Open Inference
+Protocol's paths under /v2 answer `{"error": message}` (what tritonclient and KServe read). Where the two
+protocols' statuses differ the row says so. Expected failures become JSON a person can act on; unexpected
+ones a generic 500 that leaks nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.core.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError
+from service.core.failures import (
+    BusyError,
+    ForbiddenError,
+    InvalidRequestError,
+    MalformedRequestError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    ReloadRefusedError,
+    RequestError,
+    RequestTimeoutError,
+    ServiceError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
 from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 log = logging.getLogger(__name__)
 
+Protocol = Literal["rest", "v2"]
+V2_PREFIX = "/v2"
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: type[Exception]
+    status: int
+    v2_status: int | None = None  # the Open Inference Protocol's status, where it differs
+
+
 # Most specific first: the first class the error is an instance of decides.
-STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
-    (ImageTooLargeError, 413),
-    (UnsupportedImageFormatError, 415),
-    (ImageError, 400),
-    (BusyError, 503),
-    (NotReadyError, 503),
-    (ReloadRefusedError, 409),
+STATUS_FOR: tuple[Rule, ...] = (
+    Rule(ImageTooLargeError, 413),
+    Rule(UnsupportedImageFormatError, 415),
+    Rule(ImageError, 400),
+    Rule(PayloadTooLargeError, 413),
+    Rule(UnsupportedMediaTypeError, 415),
+    Rule(MalformedRequestError, 400),
+    # FastAPI's convention for a well-formed request that is not valid; the protocol (and Triton) answer 400.
+    Rule(InvalidRequestError, 422, v2_status=400),
+    Rule(RequestValidationError, 422, v2_status=400),
+    Rule(RequestTimeoutError, 408),
+    Rule(UnauthorizedError, 401),
+    Rule(ForbiddenError, 403),
+    Rule(NotFoundError, 404),
+    Rule(ReloadRefusedError, 409),
+    Rule(RequestError, 400),
+    Rule(BusyError, 503),
+    Rule(NotReadyError, 503),
 )
 # Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
 RETRYABLE = frozenset({503})
 
 
-def status_for(exc: Exception) -> int:
-    for kind, status in STATUS_FOR:
-        if isinstance(exc, kind):
-            return status
+def protocol_for(path: str) -> Protocol:
+    return "v2" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "rest"
+
+
+def error_key_for(path: str) -> str:
+    """The field an error message goes in at this path: the protocol's `error` under /v2, else `detail`."""
+    return "error" if protocol_for(path) == "v2" else "detail"
+
+
+def status_for(exc: Exception, protocol: Protocol = "rest") -> int:
+    for rule in STATUS_FOR:
+        if isinstance(exc, rule.kind):
+            return rule.v2_status if protocol == "v2" and rule.v2_status is not None else rule.status
     raise LookupError(f"no HTTP status for {type(exc).__name__}")
 
 
@@ -41,20 +92,8 @@ def retry_headers(retry_after_s: int) -> dict[str, str]:
     return {"Retry-After": str(retry_after_s)}
 
 
-def error_response(exc: Exception, retry_after_s: int, key: str = "detail") -> JSONResponse:
-    """The JSON answer to a domain error: `{key: message}` (`detail` here, the V2 protocol's `error` under
-    /v2), and Retry-After when it is retryable."""
-    status = status_for(exc)
-    headers = retry_headers(retry_after_s) if status in RETRYABLE else None
-    return JSONResponse({key: str(exc)}, status_code=status, headers=headers)
-
-
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc, request.app.state.settings.retry_after_s)
-
-
 def describe_validation_error(exc: RequestValidationError) -> str:
-    """FastAPI's list of problems as one sentence, so every 4xx body is `{"detail": "<text>"}`."""
+    """FastAPI's list of problems as one sentence, so every 4xx body carries one message."""
     problems = []
     for error in exc.errors():
         where, *path = error.get("loc", ()) or ("request",)
@@ -63,14 +102,29 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     return "; ".join(problems) or "the request is invalid"
 
 
-async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+def error_response(exc: Exception, retry_after_s: int, protocol: Protocol = "rest") -> JSONResponse:
+    """The JSON answer to an error of the table, in the protocol's field, with Retry-After when retryable."""
+    status = status_for(exc, protocol)
+    headers = retry_headers(retry_after_s) if status in RETRYABLE else None
+    message = describe_validation_error(exc) if isinstance(exc, RequestValidationError) else str(exc)
+    key = "error" if protocol == "v2" else "detail"
+    return JSONResponse({key: message}, status_code=status, headers=headers)
+
+
+async def _tabled(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request.app.state.settings.retry_after_s, protocol_for(request.url.path))
+
+
+async def _framework(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own refusals (no such route, method not allowed): its status, the protocol's field.
+    assert isinstance(exc, StarletteHTTPException)
+    key = error_key_for(request.url.path)
+    return JSONResponse({key: str(exc.detail)}, status_code=exc.status_code, headers=dict(exc.headers or {}) or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    return JSONResponse({error_key_for(request.url.path): "internal server error"}, status_code=500)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -81,7 +135,8 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(ImageError, _domain_error)
-    app.add_exception_handler(ServiceError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _tabled)
+    app.add_exception_handler(ImageError, _tabled)
+    app.add_exception_handler(ServiceError, _tabled)
+    app.add_exception_handler(StarletteHTTPException, _framework)
     app.add_exception_handler(Exception, _unexpected)

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.failures import PayloadTooLargeError
+from service.edge.errors import error_key_for, protocol_for, status_for
+
 
 class BodyTooLargeError(Exception):
-    pass
+    """Raised inside the app's receive; the middleware answers it (the body is over MAX_BODY_BYTES)."""
 
 
 class BodySizeLimit:
     """Pure ASGI, so a too-large upload is refused before it is buffered anywhere."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, error_key_for: Callable[[str], str] | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        # Each protocol names its error field: `detail` for /predict, `error` for the V2 protocol's paths.
-        self._error_key_for = error_key_for or (lambda path: "detail")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,12 +54,13 @@ class BodySizeLimit:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        key = self._error_key_for(scope.get("path", ""))
-        body = json.dumps({key: f"the request body is larger than {self.max_body_bytes} bytes"}).encode()
+        path = scope.get("path", "")
+        error = PayloadTooLargeError(f"the request body is larger than {self.max_body_bytes} bytes")
+        body = json.dumps({error_key_for(path): str(error)}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status_for(error, protocol_for(path)),
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

@@ -6,10 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.core.failures import (
+    InvalidRequestError,
+    MalformedRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
 from service.core.pipeline import EncodedImage
 
 FILE_FIELDS = ("file", "files")
@@ -28,11 +35,11 @@ async def arriving_by(deadline: float, timeout_s: float, what: str = "the upload
         async with asyncio.timeout_at(deadline):
             yield
     except TimeoutError as exc:
-        raise HTTPException(408, f"{what} did not arrive within {timeout_s:g} s") from exc
+        raise RequestTimeoutError(f"{what} did not arrive within {timeout_s:g} s") from exc
 
 
-def _too_large(what: str, limit: int) -> HTTPException:
-    return HTTPException(413, f"{what} is larger than the {limit}-byte limit per file")
+def _too_large(what: str, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"{what} is larger than the {limit}-byte limit per file")
 
 
 async def read_uploads(request: Request, max_files: int, max_file_bytes: int) -> list[EncodedImage]:
@@ -45,8 +52,7 @@ async def read_uploads(request: Request, max_files: int, max_file_bytes: int) ->
             raise _too_large("the request body", max_file_bytes)
         return [EncodedImage(None, data)]
     shown = media_type or "no Content-Type"
-    raise HTTPException(
-        415,
+    raise UnsupportedMediaTypeError(
         f"{shown} is not accepted: send multipart/form-data with a 'file' field, "
         "or the image itself with an image/* Content-Type",
     )
@@ -59,15 +65,15 @@ async def _read_multipart(request: Request, max_files: int, max_file_bytes: int)
         form = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
-            raise HTTPException(422, f"too many files: at most {max_files} per request") from exc
-        raise HTTPException(400, f"malformed multipart body: {exc.message}") from exc
+            raise InvalidRequestError(f"too many files: at most {max_files} per request") from exc
+        raise MalformedRequestError(f"malformed multipart body: {exc.message}") from exc
     try:
         unexpected = sorted(
             {key for key, value in form.multi_items() if isinstance(value, UploadFile)} - set(FILE_FIELDS)
         )
         if unexpected:
-            raise HTTPException(
-                422, f"unexpected file field(s) {unexpected}: use 'file' for one image or 'files' for several"
+            raise InvalidRequestError(
+                f"unexpected file field(s) {unexpected}: use 'file' for one image or 'files' for several"
             )
         uploads: list[EncodedImage] = []
         # In the order they were sent: predictions are documented to follow upload order.
@@ -75,14 +81,14 @@ async def _read_multipart(request: Request, max_files: int, max_file_bytes: int)
             if field not in FILE_FIELDS:
                 continue
             if not isinstance(value, UploadFile):
-                raise HTTPException(422, f"field '{field}' must be a file upload, not text")
+                raise InvalidRequestError(f"field '{field}' must be a file upload, not text")
             name = (value.filename or "")[:MAX_FILENAME_CHARS] or None
             if value.size is not None and value.size > max_file_bytes:
                 raise _too_large(f"file '{name}'", max_file_bytes)
             uploads.append(EncodedImage(name, await value.read()))
         if not uploads:
-            raise HTTPException(
-                422, "no image: send it in a multipart field named 'file' (or several 'files' fields)"
+            raise InvalidRequestError(
+                "no image: send it in a multipart field named 'file' (or several 'files' fields)"
             )
         return uploads
     finally:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
+from service.core.failures import ForbiddenError
 from service.edge.deps import PipelineDep
 from service.edge.schemas import ErrorResponse, ReloadResponse
 from service.edge.security import require_api_key
@@ -12,7 +13,7 @@ from service.edge.security import require_api_key
 def require_configured_key(request: Request) -> None:
     # An admin action must never be open: without a key there is nobody to trust.
     if request.app.state.settings.api_key is None:
-        raise HTTPException(403, "POST /admin/reload is off: set API_KEY to use it (and send it in X-API-Key)")
+        raise ForbiddenError("POST /admin/reload is off: set API_KEY to use it (and send it in X-API-Key)")
 
 
 router = APIRouter()

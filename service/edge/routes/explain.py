@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -15,7 +15,6 @@ from service.core.explain import (
     DEFAULT_STRIDE,
     SIDE,
     OcclusionGrid,
-    OcclusionParameterError,
     explain,
 )
 from service.core.explain_render import SCALE, input_png, render_png
@@ -122,10 +121,7 @@ async def explain_image(
     format: Annotated[Literal["json", "png"] | None, Query(description="overrides the Accept header")] = None,
 ) -> Response:
     """Occlusion map for one image: how much the predicted class's probability drops where a gray patch hides it."""
-    try:
-        grid = OcclusionGrid.checked(patch, stride, pipeline.settings.explain_max_occlusions)
-    except OcclusionParameterError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    grid = OcclusionGrid.checked(patch, stride, pipeline.settings.explain_max_occlusions)  # 422 when out of range
     deadline = pipeline.deadline()
     name, array = await _one_image(request, pipeline, deadline)
     result, model = await explain(pipeline, array, grid, deadline)

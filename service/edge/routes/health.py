@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.core.failures import NotReadyError
 from service.edge.deps import PipelineDep, ready_pipeline
 from service.edge.encoding import VERSION_HEADER
-from service.edge.errors import retry_headers
 from service.edge.schemas import ErrorResponse, Health
 
 router = APIRouter()
@@ -27,8 +27,7 @@ async def readyz(request: Request) -> Response:
     """Ready once the model is loaded and warmed; 503 before that and while shutting down."""
     pipeline = ready_pipeline(request)
     if pipeline is None:
-        headers = retry_headers(request.app.state.settings.retry_after_s)
-        return JSONResponse({"detail": "the model is not ready"}, status_code=503, headers=headers)
+        raise NotReadyError("the model is not ready")
     return JSONResponse({"status": "ready"}, headers={VERSION_HEADER: pipeline.model.version})
 
 

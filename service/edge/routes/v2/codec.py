@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from service.core.failures import MalformedRequestError, PayloadTooLargeError
 from service.edge.routes.v2.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -33,11 +34,11 @@ _LENGTH_PREFIX = struct.Struct("<I")
 _FP32 = np.dtype("<f4")
 
 
-class TensorError(ValueError):
+class TensorError(MalformedRequestError):
     """A request the protocol or this model's signature does not allow; safe to show the client."""
 
 
-class TensorTooLargeError(TensorError):
+class TensorTooLargeError(TensorError, PayloadTooLargeError):
     """An element (an encoded image) is over the per-file byte limit."""
 
 

@@ -7,22 +7,16 @@ MAX_FILE_BYTES applied per tensor; the body limit middleware already covers ever
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
-from service.core.failures import NotReadyError, ServiceError
+from service.core.failures import NotFoundError, NotReadyError, UnsupportedMediaTypeError
 from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline, ServedModel
-from service.core.preprocessing import ImageError
 from service.edge.deps import PipelineDep, ready_pipeline
 from service.edge.encoding import VERSION_HEADER
-from service.edge.errors import error_response
+from service.edge.errors import V2_PREFIX
 from service.edge.routes.v2 import codec
 from service.edge.routes.v2.schemas import (
     InferenceRequest,
@@ -42,45 +36,7 @@ PLATFORM = "onnxruntime_onnx"  # Triton's name for a model run by onnxruntime
 DEFAULT_VERSION = "1"
 
 
-PREFIX = "/v2"
-
-
-def error_key_for(path: str) -> str:
-    """The field an error message goes in at this path: the protocol's `error` under /v2, else `detail`."""
-    return "error" if path == PREFIX or path.startswith(PREFIX + "/") else "detail"
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class V2Route(APIRoute):
-    """Answers every failure on /v2 as the protocol's `{"error": message}`, with the statuses of
-    service.edge.errors' one table (plus 400/413 for malformed tensors), so tritonclient can read them."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def rendering_errors(request: Request) -> Response:
-            retry_after_s: int = request.app.state.settings.retry_after_s
-            try:
-                return await handler(request)
-            except StarletteHTTPException as exc:  # the API key's 401, 404, 408, 415
-                return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-                where = ".".join(str(part) for part in first.get("loc", ()))
-                return _error(400, f"{where}: {first.get('msg')}")
-            except codec.TensorTooLargeError as exc:
-                return _error(413, str(exc))
-            except codec.TensorError as exc:
-                return _error(400, str(exc))
-            except (ImageError, ServiceError) as exc:
-                return error_response(exc, retry_after_s, key="error")
-            # A body over MAX_BODY_BYTES propagates to service.edge.limits.BodySizeLimit, which answers 413 in the
-            # protocol's `error` field for /v2 paths (error_key_for) and closes the connection.
-
-        return rendering_errors
+PREFIX = V2_PREFIX  # failures under it answer the protocol's `{"error": message}` (service.edge.errors)
 
 
 _errors = {
@@ -104,7 +60,7 @@ ModelVersion = Annotated[
     str, Path(min_length=1, max_length=64, description="MODEL_DIR's number, else the card's `version`, else 1")
 ]
 
-router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
+router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe V2)"])
 
 
 def served(pipeline: Pipeline, name: str, version: str | None) -> ServedModel:
@@ -112,9 +68,9 @@ def served(pipeline: Pipeline, name: str, version: str | None) -> ServedModel:
     pipeline's: MODEL_DIR's folder number, else the card's `version`, else "1"."""
     model = pipeline.model
     if name != model.classifier.metadata.name:
-        raise HTTPException(404, f"no model '{name}': this server serves '{model.classifier.metadata.name}'")
+        raise NotFoundError(f"no model '{name}': this server serves '{model.classifier.metadata.name}'")
     if version is not None and version != model.version:
-        raise HTTPException(404, f"model '{name}' has no version '{version}': it serves version '{model.version}'")
+        raise NotFoundError(f"model '{name}' has no version '{version}': it serves version '{model.version}'")
     return model
 
 
@@ -233,7 +189,7 @@ async def _infer(
     settings = pipeline.settings
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
-        raise HTTPException(415, f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
+        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
     deadline = pipeline.deadline()
     async with arriving_by(deadline, settings.request_timeout_s, "the body"):
         body = await request.body()
