@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.core.assembly import load_classifier, model_source, version_name
 from service.core.batching import MicroBatcher
 from service.core.config import Settings
 from service.core.cpu import available_cpus
@@ -38,12 +39,6 @@ from service.core.preprocessing import ImageError
 from service.core.versions import ModelSource, latest_source
 
 log = logging.getLogger(__name__)
-
-
-def model_source(settings: Settings) -> ModelSource:
-    if settings.model_dir is not None:
-        return latest_source(settings.model_dir)
-    return ModelSource(settings.model_path, None)
 
 
 @dataclass(frozen=True)
@@ -93,11 +88,8 @@ class ServedModel:
 
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
-        classifier = Classifier.load(
-            source.path, settings.session, engine=settings.engine, precision=settings.precision,
-            flip_averaged=settings.flip_averaged,
-        )
-        version = source.version or str(getattr(classifier.metadata, "version", None) or "1")
+        classifier = load_classifier(source, settings)
+        version = version_name(source, classifier)
         batcher = MicroBatcher(
             classifier.predict,
             max_batch_size=settings.max_batch_size,

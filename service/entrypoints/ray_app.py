@@ -28,14 +28,15 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Receive, Scope, Send
 
+from service.core.assembly import load_classifier, model_source, version_name
 from service.core.config import Settings
 from service.core.decode_memory import decode_limits
 from service.core.failures import BusyError, OverloadedError
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
-from service.core.model import Classifier, serving_batch_sizes
+from service.core.model import serving_batch_sizes
 from service.core.model_card import ModelCard
-from service.core.pipeline import Pipeline, ServedModel, model_source
+from service.core.pipeline import Pipeline, ServedModel
 from service.edge.app import create_app
 
 
@@ -96,10 +97,7 @@ class Model:
         # MODEL_DIR's highest version or MODEL_PATH, as `python -m service` would serve; a newer version is
         # rolled out by redeploying the application (`serve deploy`), not by /admin/reload (README).
         self.source = model_source(settings)
-        self.classifier = Classifier.load(
-            self.source.path, session, engine=settings.engine, precision=settings.precision,
-            flip_averaged=settings.flip_averaged,
-        )
+        self.classifier = load_classifier(self.source, settings, session)
         self.classifier.warm_up(serving_batch_sizes(settings.max_batch_size))
         self.predict.set_max_batch_size(settings.max_batch_size)
         self.predict.set_batch_wait_timeout_s(settings.max_batch_wait_s)
@@ -108,7 +106,7 @@ class Model:
 
     def card(self) -> tuple[ModelCard, str, dict[str, object], str]:
         """The model card, the ONNX file's sha256, GET /model's body and the version, for the ingress."""
-        version = self.source.version or str(self.classifier.metadata.version or "1")
+        version = version_name(self.source, self.classifier)
         return self.classifier.metadata, self.classifier.model_id, self.classifier.describe(), version
 
     # The decorator's values are replaced in __init__ from MAX_BATCH_SIZE and MAX_BATCH_WAIT_S.

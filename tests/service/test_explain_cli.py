@@ -49,3 +49,14 @@ def test_explain_refuses_a_missing_model_and_bad_grid(tmp_path: Path, capsys: py
     assert "does not exist" in capsys.readouterr().err
     assert main(["x.png", "--out", str(tmp_path), "--patch", "0"]) == 2
     assert "patch is 0 px" in capsys.readouterr().err
+
+
+def test_explain_honours_the_servers_settings(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = tmp_path / "cell200.png"
+    image.write_bytes(gray_png(200, (120, 80)))
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_path))  # no --model: the server's MODEL_PATH
+    monkeypatch.setenv("THRESHOLD", "0.9999")  # so high that the same image is labelled negative
+    assert main([str(image), "--out", str(tmp_path / "out")]) == 0
+    assert "cell200.png: functional" in capsys.readouterr().out

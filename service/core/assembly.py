@@ -1,0 +1,30 @@
+"""The one model assembly: which file serves (MODEL_DIR's newest version or MODEL_PATH), which engine and
+variant run it (ENGINE, PRECISION, FLIP_AVERAGED) and what its version is called.
+
+The server's pipeline, the Ray deployment and both CLIs load through here, so they honour the same settings.
+"""
+
+from __future__ import annotations
+
+from service.core.config import SessionSettings, Settings
+from service.core.model import Classifier
+from service.core.versions import ModelSource, latest_source
+
+
+def model_source(settings: Settings) -> ModelSource:
+    if settings.model_dir is not None:
+        return latest_source(settings.model_dir)
+    return ModelSource(settings.model_path, None)
+
+
+def load_classifier(source: ModelSource, settings: Settings, session: SessionSettings | None = None) -> Classifier:
+    """The classifier for `source` as the settings choose it; `session` overrides the threads (Ray replicas)."""
+    return Classifier.load(
+        source.path, session or settings.session, engine=settings.engine, precision=settings.precision,
+        flip_averaged=settings.flip_averaged,
+    )
+
+
+def version_name(source: ModelSource, classifier: Classifier) -> str:
+    """MODEL_DIR's folder number, else the card's `version`, else "1"."""
+    return source.version or str(getattr(classifier.metadata, "version", None) or "1")
