@@ -9,17 +9,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/service-venv
 WORKDIR /src
-# Only pyproject.toml decides this layer, so code changes do not reinstall the dependencies.
-# pip keeps its default .pyc compilation (faster start-up); pip and setuptools leave the venv once done.
-# EXTRAS: optional extras from pyproject.toml, comma-separated; `--build-arg EXTRAS=openvino` adds the OpenVINO
-# engine (ENGINE=auto then uses it; sizes in README).
-ARG EXTRAS=""
-COPY pyproject.toml ./
-RUN EXTRAS="$EXTRAS" python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
-print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
-        > requirements.txt \
- && /opt/service-venv/bin/pip install -r requirements.txt \
+# Only the pinned requirements decide this layer, so code changes do not reinstall the dependencies. They are
+# the audited pins (requirements/runtime.txt, checked by pip-audit; tests/deploy/test_requirements.py keeps them
+# complete), installed with --no-deps so nothing unpinned slips in. pip keeps its default .pyc compilation
+# (faster start-up); pip and setuptools leave the venv once done.
+COPY requirements/runtime.txt ./requirements.txt
+RUN /opt/service-venv/bin/pip install --no-deps -r requirements.txt \
  && /opt/service-venv/bin/pip uninstall --yes pip setuptools
 
 # --- runtime: the venv, the service package and the default model; nothing else ---
