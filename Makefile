@@ -33,7 +33,7 @@ train: $(VENV)/.dev-installed  ## reproduce the shipped default model (~80 min o
 	$(PY) -m training --mixed-precision --quarter-turns --int8 --epochs 40 --threshold auto --out models
 	$(PY) -m training.variants --model models/model.onnx  # measured precision variants for PRECISION=auto
 
-# Issue 15's recipe, chosen out of fold: 5 folds x 40 epochs, then one final fit on all 1,968 non-test
+# The cross-validated recipe (models/README.md), chosen out of fold: 5 folds x 40 epochs, then one final fit on all 1,968 non-test
 # images (~10 h on 2 idle cores with AMX). Checkpoints every epoch: run it again with RESUME=--resume.
 train-cv: $(VENV)/.dev-installed  ## cross-validated recipe into build/cv5 (models/ is replaced by hand, by the card's rule)
 	$(PY) -m training --cv 5 --epochs 40 --lr-schedule cosine --warmup-epochs 2 --ema --ema-momentum 0.995 \

@@ -1,7 +1,7 @@
 """Peak memory and time of preprocessing one image, per format and mode, against estimate_decode_bytes.
 
     python -m bench.decode_memory                  # 16 MP, the service's preprocessing
-    python -m bench.decode_memory --legacy         # the same, with the conversion from before issue 12
+    python -m bench.decode_memory --legacy         # the same, with the whole-image conversion
     python -m bench.decode_memory --megapixels 64 --case "RGBA PNG" --case "I;16 PNG"
 
 Pillow allocates image memory with malloc, outside tracemalloc's view, so each image is preprocessed in a
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", type=float, default=16.0)
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
-    parser.add_argument("--legacy", action="store_true", help="the conversion from before issue 12")
+    parser.add_argument("--legacy", action="store_true", help="the whole-image conversion (bench/legacy_preprocessing.py)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case: the highest peak, the shortest time")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

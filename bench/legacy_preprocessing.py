@@ -1,4 +1,4 @@
-"""The conversion as it was before issue 12 (full-size RGBA composites, EXIF copy first), frozen here so the
+"""The whole-image conversion (full-size RGBA composites, EXIF copy first), frozen here so the
 memory benchmark can measure the "before" and tests can prove the lower-memory path gives byte-identical
 tensors. Not used by the service."""
 

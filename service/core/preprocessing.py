@@ -91,7 +91,7 @@ WIDE_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Every conversion step is per pixel, so it runs on horizontal strips of about this many pixels: the
 # full-size RGBA copies, composite and float32 array (~20 bytes per pixel, 1.2 GB for one 64 MP RGBA
-# PNG before issue 12) shrink to ~6 MB per strip, and the tensor stays byte-identical.
+# PNG converted whole) shrink to ~6 MB per strip, and the tensor stays byte-identical.
 STRIP_PIXELS: Final = 1 << 18
 # Pillow's own map (ImageOps.exif_transpose), applied here to the gray image rather than the decoded
 # one: a transpose of a full-colour 64 MP image is another 256 MB, of the gray one 64 MB.

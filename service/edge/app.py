@@ -45,8 +45,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         await serving.start()
         metrics.model_load_seconds.set(time.perf_counter() - start)
         # What exists now (the app, the model, the libraries: ~90k objects) lives as long as the process:
-        # frozen, the collector stops re-scanning it. Before, a full collection paused the event loop for
-        # ~33 ms about once per 2,000 requests (gc.callbacks, in process); after, 1.2 ms. Collected first (one
+        # frozen, the collector stops re-scanning it: a full collection over it paused the event loop for
+        # ~33 ms about once per 2,000 requests (gc.callbacks, in process); frozen, 1.2 ms. Collected first (one
         # such pause, at start-up), so garbage left by loading and warm-up is freed rather than frozen for good.
         gc.collect()
         gc.freeze()

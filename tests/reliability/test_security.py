@@ -34,7 +34,7 @@ def test_upload_limits_are_on_by_default() -> None:
     settings = Settings()
     assert 0 < settings.max_file_bytes <= settings.max_body_bytes <= 256 * 1024 * 1024
     assert 1 <= settings.max_files <= 64
-    # MAX_PIXELS and the decode memory budget default to 0 = follow the container's memory (issue 12).
+    # MAX_PIXELS and the decode memory budget default to auto: they follow the container's memory.
     limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
     assert 0 < limits.max_pixels <= 100_000_000
     assert limits.decode_memory_budget_bytes > 0

@@ -1,5 +1,5 @@
 """The lower-memory conversion (strips, orientation applied to the gray image) gives byte-identical
-tensors to the conversion that training and the service used before issue 12."""
+tensors to the whole-image conversion (bench/legacy_preprocessing.py)."""
 
 from __future__ import annotations
 
