@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", type=float, default=16.0)
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
-    parser.add_argument("--legacy", action="store_true", help="the whole-image conversion (bench/legacy_preprocessing.py)")
+    parser.add_argument("--legacy", action="store_true", help="the whole-image conversion")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case: the highest peak, the shortest time")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

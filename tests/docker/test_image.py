@@ -313,7 +313,7 @@ def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
         docker("rm", "--force", container.id, check=False)
 
 
-# --- Decode memory: one small upload must not kill the service --------------------------------------------------
+# --- Decode memory: one small upload must not kill the service ----------------------------------------
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
