@@ -13,6 +13,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MiB = 1024 * 1024
 
 
+def default_model_path() -> Path:
+    """The shipped model where the package is installed (the repository, or /app in the image), so the server
+    and the CLIs find it from any folder; a wheel installed elsewhere has none and start-up says to set MODEL_PATH."""
+    return Path(__file__).resolve().parents[2] / "models" / "model.onnx"
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """The onnxruntime part of the settings: what `service.core.model` needs to build a session."""
@@ -27,7 +33,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, env_file=None, frozen=True)
 
     # Model: metadata is read from the .json file beside the .onnx file.
-    model_path: Path = Path("models/model.onnx")
+    model_path: Path = Field(default_factory=default_model_path)
     # Versions: when set, MODEL_DIR/<n>/model.onnx with the highest n is served and MODEL_PATH is ignored.
     model_dir: Path | None = None
     model_poll_interval_s: float = Field(
@@ -37,8 +43,8 @@ class Settings(BaseSettings):
         None, ge=0, le=1, description="overrides the model card's decision threshold for every request"
     )
 
-    # Server
-    host: str = "0.0.0.0"
+    # Server: this machine only unless asked; the Docker image sets HOST=0.0.0.0 (its port is published instead).
+    host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     graceful_shutdown_s: float = Field(
