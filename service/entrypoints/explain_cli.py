@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.core.config import SessionSettings
+from service.core.config import SessionSettings, Settings
 from service.core.explain import DEFAULT_PATCH, DEFAULT_STRIDE, OcclusionGrid, OcclusionParameterError, explain_with
 from service.core.explain_render import SCALE, render_png
 from service.core.model import Classifier, ModelLoadError
@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="explain", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", type=Path, required=True, help="folder for IMAGE-stem.explain.png files")
-    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="ONNX model (card beside it)")
+    parser.add_argument("--model", type=Path, help="ONNX model, its card beside it (default: MODEL_PATH, else the "
+                        "model installed with the package)")
     parser.add_argument("--patch", type=int, default=DEFAULT_PATCH, help="gray patch side in input pixels")
     parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help="step between patches in input pixels")
     parser.add_argument("--scale", type=int, default=SCALE, choices=range(1, 9), metavar="1-8", help="upscaling")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         grid = OcclusionGrid.checked(args.patch, args.stride, MAX_OCCLUSIONS)
-        classifier = Classifier.load(args.model, SessionSettings())
+        classifier = Classifier.load(args.model or Settings().model_path, SessionSettings())
     except (OcclusionParameterError, ModelLoadError) as exc:
         print(f"explain: {exc}", file=sys.stderr)
         return 2

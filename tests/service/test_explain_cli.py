@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,15 @@ def test_explain_refuses_a_missing_model_and_bad_grid(tmp_path: Path, capsys: py
     assert "does not exist" in capsys.readouterr().err
     assert main(["x.png", "--out", str(tmp_path), "--patch", "0"]) == 2
     assert "patch is 0 px" in capsys.readouterr().err
+
+
+def test_explain_finds_the_shipped_model_from_any_folder(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "cell.png").write_bytes(gray_png(120))
+    completed = subprocess.run(
+        [sys.executable, "-m", "service.entrypoints.explain_cli", "cell.png", "--out", "maps"],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "maps" / "cell.explain.png").is_file()
