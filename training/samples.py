@@ -4,8 +4,7 @@ Copies cells from the installed elpv-dataset package into `samples/` as `defecti
 `functional-1.png`, ... (the folder is git-ignored: the data set is CC BY-NC-SA 4.0 and no image of it is
 committed here). Every cell below lies in the shipped model's held-out test split (seed 42, 25 %), so a
 prediction on it is one the model was never trained on; each is unanimous (all annotators agreed), two
-monocrystalline and two polycrystalline per class. Needs only numpy and the data set package, not the
-training extra.
+monocrystalline and two polycrystalline per class. Needs only the data set package, not the training extra.
 """
 
 from __future__ import annotations
@@ -16,17 +15,20 @@ import shutil
 import sys
 from pathlib import Path
 
-# (class, ELPV file), in the order they are numbered; tests/training/test_samples.py checks the split.
+# (class, ELPV file): per class and cell type (mono, poly), two cells drawn with random.Random(0) from the unanimous
+# held-out cells, not picked by how the model answers them; tests/training/test_samples.py redraws them. The shipped
+# model labels 6 of the 8 correctly: it misses both defective poly cells (its weakest group, recall about 0.67).
 CELLS: tuple[tuple[str, str], ...] = (
-    ("defective", "images/cell0001.png"),  # mono
-    ("defective", "images/cell0002.png"),  # mono
-    ("defective", "images/cell0076.png"),  # poly
-    ("defective", "images/cell0115.png"),  # poly
-    ("functional", "images/cell0009.png"),  # mono
-    ("functional", "images/cell0060.png"),  # mono
-    ("functional", "images/cell0064.png"),  # poly
-    ("functional", "images/cell0071.png"),  # poly
+    ("defective", "images/cell0493.png"),  # mono
+    ("defective", "images/cell0499.png"),  # mono
+    ("defective", "images/cell0197.png"),  # poly
+    ("defective", "images/cell0593.png"),  # poly
+    ("functional", "images/cell2164.png"),  # mono
+    ("functional", "images/cell2187.png"),  # mono
+    ("functional", "images/cell1850.png"),  # poly
+    ("functional", "images/cell2448.png"),  # poly
 )
+SEED = 0
 INSTALL_HINT = "make samples (or: pip install elpv-dataset)"
 
 

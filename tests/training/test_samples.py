@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 import subprocess
 from pathlib import Path
 
@@ -22,11 +23,21 @@ def test_the_samples_are_unanimous_held_out_cells_of_the_shipped_model() -> None
     recorded = read_model_card(REPO / "models/model.json").dataset.split
     # Labels alone rebuild the split (no decoding): the recorded fractions and seed.
     test = split(load_elpv(decode=False), recorded.test_fraction, recorded.validation_fraction, recorded.seed).test
-    test_files = {Path(source).name for source in test.sources}
-    vote = {str(path): float(p) for path, p in zip(elpv_table()["path"], elpv_table()["probability"], strict=True)}
+    test_files = {f"images/{Path(source).name}" for source in test.sources}
+    table = elpv_table()
+    vote = dict(zip(map(str, table["path"]), map(float, table["probability"]), strict=True))
+    kind = dict(zip(map(str, table["path"]), map(str, table["type"]), strict=True))
     for label, source in samples.CELLS:
-        assert Path(source).name in test_files, f"{source} was trained on"
+        assert source in test_files, f"{source} was trained on"
         assert vote[source] == (1.0 if label == ELPV_CLASS_NAMES[1] else 0.0)
+    # Drawn, not chosen: the same seeded draw from the same held-out groups gives the same cells.
+    rng = random.Random(samples.SEED)
+    drawn = []
+    for label in (ELPV_CLASS_NAMES[1], ELPV_CLASS_NAMES[0]):
+        for cell_type in ("mono", "poly"):
+            group = sorted(s for s in test_files if vote[s] == (label == ELPV_CLASS_NAMES[1]) and kind[s] == cell_type)
+            drawn += [(label, source) for source in sorted(rng.sample(group, 2))]
+    assert tuple(drawn) == samples.CELLS
 
 
 def test_copies_four_cells_of_each_class_under_readme_names(tmp_path: Path) -> None:
