@@ -11,11 +11,15 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from service.core.explain_render import figure_size
+from tests.browser.conftest import _started
+from tests.browser.screenshot import shoot
 from tests.conftest import image_bytes
-from tests.reliability.conftest import Server
+from tests.docs.figures import differs, refresh
+from tests.reliability.conftest import Server, spawn_server
 from tests.service.helpers import gradient, gray_png
 
 pytestmark = pytest.mark.browser
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 WAIT_MS = 60_000
 
 
@@ -142,3 +146,18 @@ def test_with_api_key_set_the_page_sends_the_key_it_is_given(
     expected = api_answer(keyed_server, "keyed.png", data, **{"X-API-Key": "page-test-key"})
     assert card.locator(".label").inner_text() == expected["label"]
     assert image_drawn(card, ".map img")[0] > 0
+
+
+def test_the_documented_screenshot_is_the_page_as_it_is_now(browser: Any, module_tmp: Path, tmp_path: Path) -> None:
+    """docs/page.png: ELPV cell 470 through the shipped model, rewritten when the page changes (commit it)."""
+    pytest.importorskip("elpv_dataset", reason="the picture shows a real cell: make samples installs the data set")
+    from training.samples import elpv_data_folder
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "model.onnx"
+    server = _started(spawn_server(shipped, module_tmp / "shipped.log", API_KEY="", REQUEST_TIMEOUT_S=120))
+    try:
+        shot = shoot(browser, server.base_url, elpv_data_folder() / "images" / "cell0470.png", tmp_path / "page.png")
+    finally:
+        server.terminate()
+    refresh(shot, DOCS / "page.png")
+    assert not differs(shot, DOCS / "page.png")
