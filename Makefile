@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test train train-cv bench docker-build clean
+.PHONY: serve samples train-deps test train train-cv bench docker-build clean
 
 $(VENV)/.serve-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,14 +11,27 @@ $(VENV)/.serve-installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+$(VENV)/.train-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train]'
+	touch $(VENV)/.serve-installed $@
+
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,dev,ray]'
-	touch $(VENV)/.serve-installed $@
+	touch $(VENV)/.serve-installed $(VENV)/.train-installed $@
 
-serve: $(VENV)/.serve-installed  ## set up and serve the default model on :8000
+serve: $(VENV)/.serve-installed  ## set up and serve the default model on 127.0.0.1:8000 (MODEL_PATH=... serves yours)
 	$(PY) -m service
+
+samples: $(VENV)/.serve-installed  ## copy 4 held-out ELPV cells per class into samples/ (installs elpv-dataset, ~90 MB)
+	$(PY) -m pip install --quiet 'elpv-dataset>=1.0'
+	$(PY) -m training.samples --out samples
+
+train-deps: $(VENV)/.train-installed  ## install the training extra (TensorFlow, tf2onnx, scikit-learn, ELPV) only
+	@echo "training dependencies installed: $(VENV)/bin/train --help"
 
 test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
 	@# tests/browser need Debian's chromium; without root or apt they skip and say why.
@@ -33,7 +46,7 @@ train: $(VENV)/.dev-installed  ## reproduce the shipped default model (~80 min o
 	$(PY) -m training --mixed-precision --quarter-turns --int8 --epochs 40 --threshold auto --out models
 	$(PY) -m training.variants --model models/model.onnx  # measured precision variants for PRECISION=auto
 
-# The cross-validated recipe (models/README.md), chosen out of fold: 5 folds x 40 epochs, then one final fit on all 1,968 non-test
+# The model card's cross-validated recipe, chosen out of fold: 5 folds x 40 epochs, then one final fit on all 1,968 non-test
 # images (~10 h on 2 idle cores with AMX). Checkpoints every epoch: run it again with RESUME=--resume.
 train-cv: $(VENV)/.dev-installed  ## cross-validated recipe into build/cv5 (models/ is replaced by hand, by the card's rule)
 	$(PY) -m training --cv 5 --epochs 40 --lr-schedule cosine --warmup-epochs 2 --ema --ema-momentum 0.995 \

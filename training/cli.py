@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
+
+from training.environment import check_training_dependencies, missing_training_dependency, quiet_tensorflow
 
 DEFAULT_OUT = Path("models")
 log = logging.getLogger("train")
@@ -33,6 +36,13 @@ def _threshold(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or 'auto', got {text!r}") from None
 
 
+def _model_name(text: str) -> str:
+    # It becomes a URL path segment: /v2/models/NAME/infer.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '.', '_' or '-', got {text!r}")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="train",
@@ -43,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset", choices=("elpv", "folder"), default="elpv",
                       help="elpv: the installed elpv-dataset package; folder: --data-dir")
     data.add_argument("--data-dir", type=Path,
-                      help="folder with two class subfolders (sorted; the second is the positive class)")
+                      help="folder with two class subfolders (sorted; the second is the positive class unless "
+                           "--positive-class names the other)")
+    data.add_argument("--positive-class", metavar="NAME",
+                      help="the class whose probability the model outputs (ELPV: defective; a folder: the second "
+                           "subfolder in sort order)")
     data.add_argument("--validation-data", type=Path,
                       help="folder of classes used for validation instead of a split of the training data")
     data.add_argument("--test-split", type=float, default=0.25,
@@ -104,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="an earlier model.onnx (with its .json): McNemar's test on the same held-out images")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for model.onnx, model.json and plots")
+    out.add_argument("--name", type=_model_name, default="seed-cnn",
+                     help="the model's name in its card, answers, GET /model and the /v2 routes")
     out.add_argument("--checkpoint-dir", type=Path, help="default: OUT/checkpoints")
     out.add_argument("--threshold", type=_threshold, default=0.5,
                      help="decision threshold on the positive-class probability, or 'auto': the one that "
@@ -250,10 +266,17 @@ def _screening_report(args: argparse.Namespace, summary: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from training.data import DataError
-
     try:
+        check_training_dependencies()
+        from training.data import DataError
+
+        quiet_tensorflow()
         run(args)
+    except ModuleNotFoundError as exc:
+        if (missing := missing_training_dependency(exc)) is None:
+            raise
+        print(f"train: error: {missing}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

@@ -163,6 +163,24 @@ def split(
     return Split(data.subset(np.sort(train)), data.subset(np.sort(validation)), data.subset(np.sort(test)))
 
 
+def with_positive_class(images: LabelledImages, positive: str | None) -> LabelledImages:
+    """The same images with `positive` as label 1 (the class the model's probability is of); None keeps the
+    sorted order. Applied after the split, so the split does not depend on which class is positive."""
+    negative_now, positive_now = images.class_names
+    if positive is None or positive == positive_now:
+        return images
+    if positive != negative_now:
+        raise DataError(f"--positive-class {positive!r} is not one of the classes {list(images.class_names)}")
+    return LabelledImages(
+        images.x, 1 - images.y, images.sources, (positive_now, negative_now), 1.0 - images.soft_targets,
+        images.strata,
+    )
+
+
+def positive_split(parts: Split, positive: str | None) -> Split:
+    return Split(*(with_positive_class(part, positive) for part in (parts.train, parts.validation, parts.test)))
+
+
 def recorded_split(card: ModelCard, data_dir: Path | None = None) -> Split:
     """Rebuilds the exact split a model was trained on from the settings its card recorded: ELPV from the
     package, a folder data set from `data_dir`."""
@@ -177,7 +195,7 @@ def recorded_split(card: ModelCard, data_dir: Path | None = None) -> Split:
         data = load_elpv()
     else:
         raise DataError(f"the model was trained on '{card.dataset.name}': pass --data-dir with its folder")
-    return split(data, parts.test_fraction, parts.validation_fraction, parts.seed)
+    return positive_split(split(data, parts.test_fraction, parts.validation_fraction, parts.seed), card.positive_class)
 
 
 def held_out_test_set(card: ModelCard) -> LabelledImages:

@@ -38,6 +38,10 @@ def load_data(args: argparse.Namespace) -> Loaded:
     """The data set and its split; with --cv no validation split (the folds validate)."""
     loaded = datasets.load_elpv() if args.dataset == "elpv" else datasets.load_folder(args.data_dir)
     log.info("loaded %d images: %s", len(loaded), loaded.class_counts())
+    everything = datasets.with_positive_class(loaded, args.positive_class)  # a wrong name fails before the split
+    negative, positive = everything.class_names
+    log.info("classes: 0 = %s, 1 = %s: the model's probability = p(%s) (--positive-class chooses)",
+             negative, positive, positive)
     if args.validation_data is not None:
         parts = datasets.split(loaded, args.test_split, 0.0, args.seed)
         validation = datasets.load_folder(args.validation_data)
@@ -49,7 +53,7 @@ def load_data(args: argparse.Namespace) -> Loaded:
     else:
         parts = datasets.split(loaded, args.test_split, 0.0 if args.cv else args.validation_split, args.seed)
     log.info("split: train %d, validation %d, test %d", len(parts.train), len(parts.validation), len(parts.test))
-    return Loaded(loaded, parts)
+    return Loaded(everything, datasets.positive_split(parts, args.positive_class))
 
 
 def fit_settings(args: argparse.Namespace) -> FitSettings:
@@ -268,12 +272,13 @@ def training_record(args: argparse.Namespace, settings: FitSettings, epochs_run:
 def base_metadata(args: argparse.Namespace, loaded: Loaded, threshold: float, threshold_selection: str) -> dict:
     parts = loaded.parts
     return {
-        "name": "seed-cnn",
+        "name": args.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": {"name": "input", "shape": [None, *INPUT_SIZE, 1], "dtype": "float32"},
         "output": {"shape": [None, 1], "dtype": "float32",
                    "meaning": f"probability of class '{loaded.everything.class_names[1]}'"},
         "class_names": list(loaded.everything.class_names),
+        "positive_class": loaded.everything.class_names[1],
         "threshold": threshold,
         "threshold_selection": threshold_selection,
         "preprocessing": PREPROCESSING_DESCRIPTION,

@@ -30,6 +30,12 @@ def _auto(value: object) -> object:
     return value
 
 
+def default_model_path() -> Path:
+    """The shipped model where the package is installed (the repository, or /app in the image), so the server
+    and the CLIs find it from any folder; a wheel installed elsewhere has none and start-up says to set MODEL_PATH."""
+    return Path(__file__).resolve().parents[2] / "models" / "model.onnx"
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """The onnxruntime part of the settings: what `service.core.model` needs to build a session."""
@@ -49,7 +55,7 @@ class ModelSettings(BaseSettings):
     model_config = _CONFIG
 
     model_path: Path = Field(
-        Path("models/model.onnx"), description="the .onnx file served; its card (.json) sits beside it"
+        default_factory=default_model_path, description="the .onnx file served; its card (.json) sits beside it"
     )
     model_dir: Path | None = Field(
         None, description="versions: MODEL_DIR/<n>/model.onnx with the highest n is served; MODEL_PATH is ignored"
@@ -82,7 +88,8 @@ class ServerSettings(BaseSettings):
 
     model_config = _CONFIG
 
-    host: str = Field("0.0.0.0", description="the interface uvicorn listens on")
+    # This machine only unless asked; the Docker image sets HOST=0.0.0.0 (its port is published instead).
+    host: str = Field("127.0.0.1", description="the interface uvicorn listens on; 0.0.0.0 for every interface")
     port: int = Field(8000, ge=1, le=65535, description="the port uvicorn listens on")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="the service's and uvicorn's log level; debug adds the access log"

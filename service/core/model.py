@@ -68,7 +68,10 @@ class Classifier:
         `flip_averaged` (FLIP_AVERAGED) serves the card's flip-averaged file instead, chosen among its own
         card's variants the same way."""
         if not model_path.is_file():
-            raise ModelLoadError(f"model file {model_path} does not exist")
+            raise ModelLoadError(
+                f"model file {model_path} does not exist: set MODEL_PATH to a model.onnx with its model.json "
+                "beside it (the CLIs also take --model)"
+            )
         metadata_path = card_path_for(model_path)
         try:
             metadata = read_model_card(metadata_path)
@@ -107,10 +110,21 @@ class Classifier:
         return {
             **self.metadata.model_dump(mode="json", exclude_unset=True),
             "id": self.model_id,
+            "identity": self.identity(),
+            "positive_class": self.metadata.positive,
             "engine": served["engine"],
             "precision": served["precision"],
             "flip_averaged": self.metadata.flip_averaged,
             "runtime": served,
+        }
+
+    def identity(self) -> dict[str, str | None]:
+        """Both hashes, labelled: the file that answers (a precision variant's, e.g. model.int8.onnx) and the
+        file the card describes (model.onnx, the sha256 models/README.md gives); equal when fp32 is served."""
+        return {
+            "served_file": self.path.name if self.path is not None else None,
+            "served_sha256": self.model_id,
+            "card_sha256": self.metadata.sha256,
         }
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

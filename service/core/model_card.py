@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.core.input_stats import InputProfile
 
@@ -87,6 +87,9 @@ class ModelCard(_Open):
     name: str = "model"
     version: str | None = Field(None, description="the model's own version; MODEL_DIR's folder name wins")
     class_names: tuple[str, str] = Field(description="negative class first, then the positive one")
+    positive_class: str | None = Field(
+        None, description="the class whose probability the model outputs (class_names[1]); older cards omit it"
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="probability at or above which the label is positive")
     sha256: str | None = Field(None, description="of the .onnx file; the service refuses a file that differs")
     input: TensorSpec
@@ -105,6 +108,19 @@ class ModelCard(_Open):
     test_time_augmentation: dict[str, Any] | None = Field(
         None, description="set on a flip-averaged file's own card: which flips it averages"
     )
+
+    @model_validator(mode="after")
+    def _positive_is_second(self) -> ModelCard:
+        if self.positive_class is not None and self.positive_class != self.class_names[1]:
+            raise ValueError(
+                f"positive_class {self.positive_class!r} must be the second of class_names {list(self.class_names)}"
+            )
+        return self
+
+    @property
+    def positive(self) -> str:
+        """The class the output probability is of: p(positive)."""
+        return self.class_names[1]
 
     @property
     def flip_averaged(self) -> bool:

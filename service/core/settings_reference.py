@@ -12,7 +12,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from service.core.config import GROUPS, RENAMED
+from service.core.config import GROUPS, RENAMED, default_model_path
 
 TARGET = Path("docs/configuration.md")
 TITLES = {"LimitSettings": "Limits", "ThreadSettings": "Threads", "ExplainSettings": "Explanations"}
@@ -34,6 +34,8 @@ def _default(field: FieldInfo) -> str:
         return "auto" if "int" in str(field.annotation) else "unset"
     if isinstance(value, list):
         return ",".join(value) or "empty"
+    if isinstance(value, Path) and value.is_absolute():  # found where the package is installed
+        return f"<package>/{value.relative_to(default_model_path().parents[1]).as_posix()}"
     return str(value)
 
 

@@ -27,6 +27,7 @@ from service.edge.routes import admin, explain, health, page, predict
 from service.edge.routes.v2 import routes as v2
 
 log = logging.getLogger("service")
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
@@ -51,13 +52,22 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         served = serving.classifier.engine.describe()
+        card = serving.classifier.metadata
         log.info(
-            "model %s (%s%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; limits %s",
+            "model %s (%s%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; probability = p(%s), "
+            "threshold %s; limits %s",
             serving.classifier.path or settings.model_path, serving.classifier.model_id[:12],
-            ", flip-averaged: 4 flips per image" if serving.classifier.metadata.flip_averaged else "",
+            ", flip-averaged: 4 flips per image" if card.flip_averaged else "",
             time.perf_counter() - start, warm_s,
-            served["engine"], served["precision"], served["threads"], serving.limits.as_dict(),
+            served["engine"], served["precision"], served["threads"], card.positive, serving.threshold(),
+            serving.limits.as_dict(),
         )
+        if settings.host in EVERY_INTERFACE and settings.api_key is None:
+            log.warning(
+                "listening on every interface (HOST=%s) without an API key: anyone who can reach port %d can "
+                "use the model; set API_KEY, or HOST=127.0.0.1 to serve this machine only",
+                settings.host, settings.port,
+            )
         try:
             yield {"pipeline": serving}
         finally:

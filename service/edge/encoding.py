@@ -16,7 +16,8 @@ def model_ref(model: ServedModel) -> ModelRef:
     """Which model answered: file sha256, name, version, engine and precision (every door's `model` object)."""
     classifier = model.classifier
     return ModelRef(
-        id=classifier.model_id, name=classifier.metadata.name, version=model.version,
+        id=classifier.model_id, card_sha256=classifier.metadata.sha256, name=classifier.metadata.name,
+        version=model.version,
         engine=classifier.engine.name, precision=classifier.engine.precision,
         flip_averaged=classifier.metadata.flip_averaged,
     )

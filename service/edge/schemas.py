@@ -6,7 +6,11 @@ from pydantic import BaseModel, Field
 
 
 class ModelRef(BaseModel):
-    id: str = Field(description="sha256 of the ONNX file that answered")
+    id: str = Field(description="sha256 of the ONNX file that answered (GET /model: identity.served_sha256)")
+    card_sha256: str | None = Field(
+        None, description="sha256 of the file the model card describes (GET /model: identity.card_sha256); differs "
+        "from id when a precision variant such as model.int8.onnx answers"
+    )
     name: str
     version: str = Field(description="the version that answered: MODEL_DIR's folder name, else the card's, else 1")
     engine: str | None = Field(None, description="the inference engine that answered: onnxruntime or openvino")

@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="explain", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", type=Path, required=True, help="folder for IMAGE-stem.explain.png files")
-    parser.add_argument("--model", type=Path, help="ONNX model (card beside it); default: MODEL_PATH/MODEL_DIR's")
+    parser.add_argument("--model", type=Path, help="ONNX model, its card beside it (default: MODEL_PATH, else the "
+                        "model installed with the package)")
     parser.add_argument("--patch", type=int, default=DEFAULT_PATCH, help="gray patch side in input pixels")
     parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help="step between patches in input pixels")
     parser.add_argument("--scale", type=int, default=SCALE, choices=range(1, 9), metavar="1-8", help="upscaling")

@@ -4,7 +4,7 @@ Two deployments. `Ingress` serves the single-process service's own FastAPI app (
 routes, upload limits, error table and metrics) over a `Pipeline` whose decode step runs here, with the
 same preprocessing and limits, and whose predict step is `RemoteModel`: one call per preprocessed image
 to the `Model` deployment, which gathers calls into batches (`@serve.batch`) for the same `Classifier`.
-Either deployment autoscales on its own and may run on any node (README: "Serving on a Ray cluster").
+Either deployment autoscales on its own and may run on any node (docs/ray.md).
 
 Nothing here reads the environment or loads a model at import: `build_app` (Ray's application builder)
 reads `Settings` once and hands them to both deployments, which load in their replicas' constructors.
@@ -95,7 +95,7 @@ class Model:
         if not session.intra_op_threads:
             session = dataclasses.replace(session, intra_op_threads=threads)
         # MODEL_DIR's highest version or MODEL_PATH, as `python -m service` would serve; a newer version is
-        # rolled out by redeploying the application (`serve deploy`), not by /admin/reload (README).
+        # rolled out by redeploying the application (`serve deploy`), not by /admin/reload (docs/ray.md).
         self.source = model_source(settings)
         self.classifier = load_classifier(self.source, settings, session)
         self.classifier.warm_up(serving_batch_sizes(settings.max_batch_size))

@@ -8,12 +8,46 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from tests.browser.conftest import CHROMIUM
 from tests.reliability.conftest import spawn_server
+
+
+def shoot(browser: Any, base_url: str, image: Path, out: Path, width: int = 900) -> Path:
+    """The page at `base_url` after one upload of `image`, as a 256-colour PNG at `out`."""
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    try:
+        page.goto(base_url)
+        page.get_by_text("Probability of").wait_for()
+        page.get_by_label("Images").set_input_files(str(image))
+        page.locator("article.result[data-done='true']").wait_for(timeout=180_000)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+    finally:
+        page.close()
+    # 256 colours are plenty for a page of text and two small images; a third of the bytes.
+    with Image.open(out) as shot:
+        shot.convert("RGB").quantize(256).save(out, optimize=True)
+    return out
+
+
+def take(model: Path, image: Path, out: Path, width: int = 900) -> Path:
+    """`shoot` against a server of its own over `model`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = spawn_server(model.resolve(), Path(tmp) / "server.log", REQUEST_TIMEOUT_S=120)
+        try:
+            server.wait_ready(120.0)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+                shoot(browser, server.base_url, image, out, width)
+                browser.close()
+        finally:
+            server.terminate()
+    return out
 
 
 def main() -> None:
@@ -23,26 +57,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/page.png"))
     parser.add_argument("--width", type=int, default=900)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = spawn_server(args.model.resolve(), Path(tmp) / "server.log", REQUEST_TIMEOUT_S=120)
-        try:
-            server.wait_ready(120.0)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-                page = browser.new_page(viewport={"width": args.width, "height": 800})
-                page.goto(server.base_url)
-                page.locator("#model-info dd").first.wait_for()
-                page.get_by_label("Images").set_input_files(str(args.image))
-                page.locator("article.result[data-done='true']").wait_for(timeout=180_000)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.out), full_page=True)
-                browser.close()
-        finally:
-            server.terminate()
-    # 256 colours are plenty for a page of text and two small images; a third of the bytes.
-    with Image.open(args.out) as shot:
-        shot.convert("RGB").quantize(256).save(args.out, optimize=True)
-    print(f"wrote {args.out}")
+    print(f"wrote {take(args.model, args.image, args.out, args.width)}")
 
 
 if __name__ == "__main__":

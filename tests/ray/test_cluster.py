@@ -118,7 +118,7 @@ def test_replicas_run_on_both_nodes(deployed: LocalCluster) -> None:
 
 @dataclass
 class Load:
-    """Clients that post one image after another; each retries once on a 5xx, as README advises."""
+    """Clients that post one image after another; each retries once on a 5xx, as docs/ray.md advises."""
 
     url: str
     body: bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -55,3 +56,34 @@ def test_cors_headers_reach_browsers_on_errors_too(make_client: Callable[..., Te
     response = client.post("/predict", content=b"\x00" * 101, headers={"Origin": LAB, "Content-Type": "image/png"})
     assert response.status_code == 413
     assert response.headers["access-control-allow-origin"] == LAB
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "warnings"),
+    [("0.0.0.0", None, 1), ("::", None, 1), ("0.0.0.0", "a-key", 0), ("127.0.0.1", None, 0)],
+)
+def test_serving_every_interface_without_a_key_logs_one_warning(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture, host: str, key: str | None,
+    warnings: int,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service"):
+        make_client(HOST=host, API_KEY=key)
+    exposed = [r for r in caplog.records if r.levelno == logging.WARNING and "every interface" in r.getMessage()]
+    assert len(exposed) == warnings
+    if exposed:
+        assert "set API_KEY, or HOST=127.0.0.1" in exposed[0].getMessage()
+
+
+def test_the_start_up_line_says_which_class_the_probability_is_of(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service"):
+        make_client()
+    assert any("probability = p(defective)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("key", "required"), [(None, False), ("a-key", True)])
+def test_model_says_whether_a_key_is_required(
+    make_client: Callable[..., TestClient], key: str | None, required: bool
+) -> None:
+    assert make_client(API_KEY=key).get("/model").json()["api_key_required"] is required

@@ -102,3 +102,26 @@ def test_every_setting_belongs_to_exactly_one_group() -> None:
 def test_the_configuration_reference_is_the_one_the_settings_write() -> None:
     written = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     assert written == reference_markdown(), "docs/configuration.md is stale: python -m service.core.settings_reference"
+
+
+def test_the_server_listens_on_this_machine_only_unless_host_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOST", raising=False)
+    assert Settings().host == "127.0.0.1"
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    assert Settings().host == "0.0.0.0"
+
+
+def test_the_image_listens_on_every_interface_because_its_port_is_published() -> None:
+    dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    assert "HOST=0.0.0.0" in dockerfile
+
+
+def test_the_default_model_is_the_installed_package_s_from_any_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = Settings().model_path
+    assert path.is_absolute()
+    assert path == Path(__file__).resolve().parents[2] / "models" / "model.onnx"
+    assert path.is_file()

@@ -205,9 +205,12 @@ def test_http_answers_what_the_auto_variant_answers_offline(
     http = [p["probability"] for p in body.json()["predictions"]]
     np.testing.assert_allclose(http, offline.predict(batch), atol=1e-6)
     np.testing.assert_allclose(http, tiny_probability(batch, INT8_GAIN), atol=1e-5)
-    assert body.json()["model"] == {"id": sha(variant_model.with_name("model.int8.onnx")), "name": "tiny-test-model",
+    int8_sha, card_sha = sha(variant_model.with_name("model.int8.onnx")), sha(variant_model)
+    assert body.json()["model"] == {"id": int8_sha, "card_sha256": card_sha, "name": "tiny-test-model",
                                     "version": "1", "engine": engine, "precision": "int8", "flip_averaged": False}
     assert (served["engine"], served["precision"], served["id"]) == (engine, "int8", body.json()["model"]["id"])
+    # The answer and GET /model name the same two files, each labelled.
+    assert served["identity"] == {"served_file": "model.int8.onnx", "served_sha256": int8_sha, "card_sha256": card_sha}
     assert info == 1.0
 
 

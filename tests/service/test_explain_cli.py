@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from service.core.explain_render import figure_size
+from service.core.explain_render import SCALE, figure_size
 from service.entrypoints.explain_cli import main
+from tests.docs.figures import differs, refresh
 from tests.service.helpers import gray_png
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_explain_writes_one_png_per_image(
@@ -60,3 +65,30 @@ def test_explain_honours_the_servers_settings(
     monkeypatch.setenv("THRESHOLD", "0.9999")  # so high that the same image is labelled negative
     assert main([str(image), "--out", str(tmp_path / "out")]) == 0
     assert "cell200.png: functional" in capsys.readouterr().out
+
+
+def test_explain_finds_the_shipped_model_from_any_folder(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "cell.png").write_bytes(gray_png(120))
+    completed = subprocess.run(
+        [sys.executable, "-m", "service.entrypoints.explain_cli", "cell.png", "--out", "maps"],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "maps" / "cell.explain.png").is_file()
+
+
+def test_the_documented_map_is_the_current_rendering(tmp_path: Path) -> None:
+    """docs/explain-cell0470.png: ELPV cell 470 through the shipped model, rewritten when the rendering changes
+    (commit it); docs/explanations.md states its size."""
+    pytest.importorskip("elpv_dataset", reason="the picture shows a real cell: make samples installs the data set")
+    from training.samples import elpv_data_folder
+
+    cell = elpv_data_folder() / "images" / "cell0470.png"
+    assert main([str(cell), "--out", str(tmp_path)]) == 0
+    rendered = tmp_path / "cell0470.explain.png"
+    refresh(rendered, DOCS / "explain-cell0470.png")
+    assert not differs(rendered, DOCS / "explain-cell0470.png")
+    width, height = figure_size(SCALE)
+    assert f"upscaled {SCALE}× ({width}×{height} px)" in (DOCS / "explanations.md").read_text()

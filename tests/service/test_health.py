@@ -64,6 +64,8 @@ def test_model_describes_the_served_model(client: TestClient, tiny_model_path: P
     assert card["input"] == {"name": "input", "shape": [None, 100, 100, 1], "dtype": "float32"}
     assert card["sha256"] == sha256
     assert card["id"] == sha256
+    assert card["identity"] == {"served_file": "model.onnx", "served_sha256": sha256, "card_sha256": sha256}
+    assert card["positive_class"] == CLASS_NAMES[1]
     # Fields the service does not use are passed through from model.json.
     assert card["test_metrics"] == json.loads(tiny_model_path.with_suffix(".json").read_text())["test_metrics"]
 

@@ -30,7 +30,9 @@ def model_path(tmp_path: Path) -> Path:
 def test_startup_fails_when_the_model_file_is_missing(model_path: Path) -> None:
     write_tiny_metadata(build_tiny_onnx(model_path))
     model_path.unlink()
-    with pytest.raises(ModelLoadError, match=f"^model file {re.escape(str(model_path))} does not exist$"):
+    with pytest.raises(
+        ModelLoadError, match=f"^model file {re.escape(str(model_path))} does not exist: set MODEL_PATH to a model.onnx"
+    ):
         start(model_path)
 
 
@@ -126,3 +128,16 @@ def test_startup_accepts_metadata_without_a_sha256(model_path: Path) -> None:
     with TestClient(create_app(Settings(model_path=model_path))) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/model").json()["sha256"] is None
+
+
+def test_a_card_names_its_positive_class_and_an_older_card_without_it_still_loads(model_path: Path) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path))  # no positive_class: a card written before the field
+    assert Classifier.load(model_path, Settings().session).describe()["positive_class"] == "defective"
+    write_tiny_metadata(model_path, positive_class="defective")
+    assert Classifier.load(model_path, Settings().session).metadata.positive_class == "defective"
+
+
+def test_startup_fails_when_the_positive_class_is_not_the_second_class_name(model_path: Path) -> None:
+    write_tiny_metadata(build_tiny_onnx(model_path), positive_class="functional")
+    with pytest.raises(ModelLoadError, match="positive_class 'functional' must be the second of class_names"):
+        start(model_path)

@@ -58,8 +58,9 @@ def test_predict_answers_a_png_upload_with_the_documented_body(client: TestClien
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     served = client.get("/model").json()
+    sha256 = hashlib.sha256(tiny_model_path.read_bytes()).hexdigest()
     assert body["model"] == {
-        "id": hashlib.sha256(tiny_model_path.read_bytes()).hexdigest(), "name": "tiny-test-model", "version": "1",
+        "id": sha256, "card_sha256": sha256, "name": "tiny-test-model", "version": "1",
         "engine": served["engine"], "precision": "fp32", "flip_averaged": False,
     }
     assert body["threshold"] == 0.5

@@ -69,12 +69,6 @@ def test_nothing_readable_exits_1(tmp_path: Path, tiny_model_path: Path) -> None
     assert [row["error"] for row in _rows(out)] == ["file 'bad.png': the bytes are not a decodable image"]
 
 
-def test_a_missing_model_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main([str(tmp_path), "--out", str(tmp_path / "r.csv"), "--model", str(tmp_path / "none.onnx")])
-    assert code == 2
-    assert capsys.readouterr().err.strip().startswith("predict: error: model file")
-
-
 @pytest.mark.parametrize("value", ["1.5", "-1"])
 def test_a_threshold_outside_0_to_1_is_a_usage_error(tmp_path: Path, value: str) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -92,3 +86,23 @@ def test_the_module_runs_as_a_command(folder: Path, tiny_model_path: Path, tmp_p
     assert completed.returncode == 0, completed.stderr
     assert "2 of 2 files classified" in completed.stderr
     assert len(_rows(out)) == 2
+
+
+def test_it_finds_the_shipped_model_from_any_folder(folder: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, "-m", "service.entrypoints.predict_cli", str(folder / "line-a"), "--out", "results.csv"],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert {row["label"] for row in _rows(tmp_path / "results.csv")} <= {"functional", "defective"}
+
+
+def test_a_missing_model_is_one_line_saying_how_to_set_model_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.csv"), "--model", str(tmp_path / "none.onnx")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("predict: error: model file")
+    assert "set MODEL_PATH to a model.onnx with its model.json beside it" in line

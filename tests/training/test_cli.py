@@ -30,7 +30,7 @@ OPTIONS = [
     "--initial-weights", "--out", "--checkpoint-dir", "--threshold", "--export-only",
     "--int8", "--no-int8", "--warmup-epochs", "--soft-targets", "--no-soft-targets", "--ema", "--no-ema",
     "--ema-momentum", "--jitter", "--recalibrate-batchnorm", "--no-recalibrate-batchnorm", "--cv", "--cv-only",
-    "--compare-with", "--tta", "--no-tta",
+    "--compare-with", "--tta", "--no-tta", "--positive-class", "--name",
 ]  # fmt: skip
 
 
@@ -269,6 +269,9 @@ def data_error_cases() -> list[pytest.param]:
         pytest.param(lambda t: ["--data-dir", str(make_folders(t / "data", *enough)),
                                 "--initial-weights", str(make_folders(t, "bad.weights.h5") / "bad.weights.h5")],
                      r"cannot load --initial-weights .*/bad\.weights\.h5: ", id="initial-weights-not-weights"),
+        pytest.param(lambda t: ["--data-dir", str(make_folders(t / "data", *good)), "--positive-class", "c",
+                                "--test-split", "0.1"],
+                     r"--positive-class 'c' is not one of the classes \['a', 'b'\]", id="positive-class-unknown"),
     ]  # fmt: skip
 
 
@@ -334,6 +337,7 @@ def test_train_refuses_an_output_folder_it_cannot_write(tmp_path: Path, capsys: 
         pytest.param(["--compare-with", "/nonexistent/model.onnx"],
                      "--compare-with /nonexistent/model.onnx is not a file", id="compare-with-missing"),
         pytest.param(["--no-such-option"], "unrecognized arguments: --no-such-option", id="unknown-option"),
+        pytest.param(["--name", "my model"], "argument --name: expected letters, digits", id="name-not-a-url-segment"),
     ],
 )
 def test_train_rejects_bad_options_before_loading_anything(
@@ -489,3 +493,44 @@ def test_ema_without_cv_keeps_the_averaged_weights_not_a_best_checkpoint() -> No
     assert fit_settings(parse_args(["--ema"])).keep == "last"
     assert fit_settings(parse_args([])).keep == "best"
     assert fit_settings(parse_args(["--cv", "5"])).keep == "last"
+
+
+@pytest.mark.slow
+def test_positive_class_and_name_are_recorded_in_the_card_and_served(
+    toy_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.core.config import Settings
+    from service.edge.app import create_app
+
+    out = tmp_path / "out"
+    argv = ["--dataset", "folder", "--data-dir", str(toy_folder), "--filters", "2", "--epochs", "1",
+            "--positive-class", "bright", "--name", "toy-cells", "--out", str(out)]  # fmt: skip
+    with caplog.at_level("INFO", logger="train"):
+        assert main(argv) == 0
+    assert "classes: 0 = dark, 1 = bright: the model's probability = p(bright)" in caplog.text
+    card = metadata(out / "model.json")
+    assert (card["name"], card["class_names"], card["positive_class"]) == ("toy-cells", ["dark", "bright"], "bright")
+    # The same split as without the option: which class is positive does not move an image between parts.
+    assert card["dataset"]["split"]["test"] == math.ceil(0.25 * 128)
+    assert card["test_metrics"]["confusion_matrix"]["tp"] + card["test_metrics"]["confusion_matrix"]["fn"] == 16
+    with TestClient(create_app(Settings(model_path=out / "model.onnx"))) as client:
+        served = client.get("/model").json()
+    assert (served["name"], served["positive_class"]) == ("toy-cells", "bright")
+
+
+def test_a_missing_training_dependency_is_one_line_naming_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.environment
+
+    real = training.environment.importlib.util.find_spec
+    monkeypatch.setattr(
+        training.environment.importlib.util, "find_spec", lambda name: None if name == "sklearn" else real(name)
+    )
+    assert main(["--dataset", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "train: error: sklearn is not installed; it comes with the training extra: "
+        "make train-deps (or: pip install -e '.[train]')\n"
+    )

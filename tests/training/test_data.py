@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.core.preprocessing import preprocess_bytes
 from tests.training.toy import encoded, gradient, sample_file
-from training.data import DataError, LabelledImages, load_folder, split
+from training.data import DataError, LabelledImages, load_folder, positive_split, split, with_positive_class
 
 
 def write_png(path: Path, level: int = 128) -> Path:
@@ -185,3 +185,33 @@ def test_split_refuses_a_class_with_fewer_than_four_images() -> None:
 def test_split_explains_fractions_the_data_cannot_satisfy(test_fraction: float, validation_fraction: float) -> None:
     with pytest.raises(DataError, match=rf"cannot split .* with test fraction {test_fraction} and validation"):
         split(labelled(negatives=10, positives=10), test_fraction, validation_fraction, seed=0)
+
+
+def _labelled(n_per_class: int = 8) -> LabelledImages:
+    y = np.array([0, 1] * n_per_class)
+    return LabelledImages(np.zeros((len(y), 0), np.float32), y, tuple(f"{i}.png" for i in range(len(y))), ("a", "b"))
+
+
+def test_positive_class_names_label_1_and_flips_labels_and_soft_targets() -> None:
+    images = _labelled()
+    flipped = with_positive_class(images, "a")
+    assert flipped.class_names == ("b", "a")
+    np.testing.assert_array_equal(flipped.y, 1 - images.y)
+    np.testing.assert_array_equal(flipped.soft_targets, 1.0 - images.soft_targets)
+    assert with_positive_class(images, "b") is images
+    assert with_positive_class(images, None) is images
+
+
+def test_the_split_does_not_depend_on_which_class_is_positive() -> None:
+    images = _labelled(12)
+    parts = split(images, 0.25, 0.15, seed=0)
+    flipped = positive_split(parts, "a")
+    before_after = ((parts.train, flipped.train), (parts.validation, flipped.validation), (parts.test, flipped.test))
+    for before, after in before_after:
+        assert after.sources == before.sources
+        np.testing.assert_array_equal(after.y, 1 - before.y)
+
+
+def test_a_positive_class_that_is_not_a_class_is_refused() -> None:
+    with pytest.raises(DataError, match=r"^--positive-class 'c' is not one of the classes \['a', 'b'\]$"):
+        with_positive_class(_labelled(), "c")

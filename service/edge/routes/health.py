@@ -32,14 +32,16 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/model", responses={503: {"model": ErrorResponse}})
-async def model(pipeline: PipelineDep) -> dict[str, Any]:
-    """The served model's metadata: classes, threshold, input, preprocessing, test metrics, sha256; the version
-    that answers, the threshold in effect (THRESHOLD's, else the model's) and the decode limits."""
+async def model(request: Request, pipeline: PipelineDep) -> dict[str, Any]:
+    """The served model's metadata: classes, the positive class, threshold, input, preprocessing, test metrics,
+    both hashes (`identity`); the version that answers, the threshold in effect (THRESHOLD's, else the model's),
+    the decode limits and whether requests need an X-API-Key."""
     return {
         **pipeline.classifier.describe(),
         "version": pipeline.model.version,
         "effective_threshold": pipeline.threshold(),
         "limits": pipeline.limits.as_dict(),
+        "api_key_required": request.app.state.settings.api_key is not None,
     }
 
 

@@ -62,8 +62,11 @@ async function loadModel() {
   const card = await response.json();
   state.threshold = card.threshold;
   state.classes = card.class_names;
+  // The key field only where the service asks for one (GET /model says so).
+  el("api-key-field").hidden = !card.api_key_required;
   addInfo(list, "Name", card.name);
   addInfo(list, "Classes", card.class_names.join(" / "));
+  addInfo(list, "Probability of", card.positive_class || card.class_names[1]);
   addInfo(list, "Threshold", String(card.threshold));
   const metrics = formatMetrics(card.test_metrics);
   if (metrics) addInfo(list, "Held-out metrics", metrics);
