@@ -29,8 +29,9 @@ from service.edge.routes.v2 import routes as v2
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
-    """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`."""
+def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None) -> FastAPI:
+    """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`.
+    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
 
     @asynccontextmanager
@@ -38,7 +39,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         start = time.perf_counter()
         try:
             serving = pipeline if pipeline is not None else Pipeline.load(settings, metrics)
-            warm_s = serving.warm_up()
+            warm_s = serving.warm_up() if warm_up_s is None else warm_up_s
         except ModelLoadError as exc:
             log.error("cannot start: %s", exc)
             raise
