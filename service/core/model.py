@@ -112,7 +112,7 @@ class Classifier:
             log.warning("%s", warning)
         data = _read(choice.model_path)
         model_id = _sha256(data)
-        if choice.sha256 and choice.sha256 != model_id:
+        if choice.sha256 and choice.sha256.lower() != model_id:
             raise ModelLoadError(
                 f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"
             )
