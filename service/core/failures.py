@@ -19,6 +19,10 @@ class OverloadedError(BusyError):
     """More work is in flight than admission allows (images queued, decode memory), or a stage is stopping."""
 
 
+class TooLargeError(ServiceError):
+    """The request would need more memory than the service's budget allows; sent smaller, it can succeed."""
+
+
 class NotReadyError(ServiceError):
     """The model is not loaded and warmed yet, or the service is shutting down."""
 

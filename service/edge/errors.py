@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from service.core.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError
+from service.core.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError, TooLargeError
 from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ STATUS_FOR: tuple[tuple[type[Exception], int], ...] = (
     (ImageTooLargeError, 413),
     (UnsupportedImageFormatError, 415),
     (ImageError, 400),
+    (TooLargeError, 413),
     (BusyError, 503),
     (NotReadyError, 503),
     (ReloadRefusedError, 409),
