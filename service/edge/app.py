@@ -21,9 +21,10 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
+from service.edge.headers import SecurityHeaders
 from service.edge.limits import BodySizeLimit
 from service.edge.metrics_middleware import MetricsMiddleware
-from service.edge.routes import admin, explain, health, page, predict
+from service.edge.routes import admin, docs, explain, health, page, predict
 from service.edge.routes.v2 import routes as v2
 
 log = logging.getLogger("service")
@@ -70,6 +71,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
         summary="Binary image classification (seed CNN on ELPV solar cells) with onnxruntime",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by service.edge.routes.docs from an installed package instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -78,9 +82,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
     app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(explain.router)
+    docs.install(app)
     if settings.ui_enabled:
         page.install(app)
-    install_error_handlers(app)
+    install_error_handlers(app, error_key_for=v2.error_key_for)
     # Last added runs first: metrics see every response, including 413s from the body limit.
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes, error_key_for=v2.error_key_for)
     if settings.cors_origins:
@@ -91,4 +96,5 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
             allow_headers=["Content-Type", "X-API-Key"],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"])
+    app.add_middleware(SecurityHeaders)
     return app

@@ -6,14 +6,18 @@ Expected failures become JSON a person can act on; unexpected ones a generic 500
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.core.failures import BusyError, NotReadyError, ReloadRefusedError, ServiceError, TooLargeError
 from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+from service.edge.headers import NOSNIFF
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,25 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    # Sent by Starlette outside every middleware, so it carries the common headers itself.
+    return JSONResponse({"detail": "internal server error"}, status_code=500, headers=NOSNIFF)
+
+
+def _http_error(error_key_for: Callable[[str], str]) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The router's own 404 and 405 (no route matched) in the error field of the path's protocol: the
+    Open Inference Protocol's `{"error": ...}` under /v2, FastAPI's `{"detail": ...}` elsewhere."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        key = error_key_for(request.url.path)
+        if key == "detail":
+            return await http_exception_handler(request, exc)
+        allowed = (exc.headers or {}).get("Allow")
+        where = f"this endpoint takes {allowed}" if allowed else "no such endpoint of the Open Inference Protocol here"
+        message = f"{exc.detail}: {where} (the list is at /docs)"
+        return JSONResponse({key: message}, status_code=exc.status_code, headers=exc.headers)
+
+    return handle
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -80,8 +102,9 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, error_key_for: Callable[[str], str] = lambda path: "detail") -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(StarletteHTTPException, _http_error(error_key_for))
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ImageError, _domain_error)
     app.add_exception_handler(ServiceError, _domain_error)
