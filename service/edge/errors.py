@@ -81,7 +81,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(error_key_for: Callable[[str], str]) -> Callable[[Request, Exception], Awaitable[Response]]:
     """The router's own 404 and 405 (no route matched) in the error field of the path's protocol: the
-    Open Inference Protocol's `{"error": ...}` under /v2, FastAPI's `{"detail": ...}` elsewhere."""
+    Open Inference Protocol's `{"error": ...}` under /v2, FastAPI's `{"detail": ...}` elsewhere. The statuses
+    stay HTTP's own: the protocol defines no status for a path it does not have."""
 
     async def handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -348,8 +348,8 @@ def choose_outputs(request: InferenceRequest) -> list[OutputChoice]:
         spec = by_name.get(wanted.name)
         if spec is None:
             raise TensorError(f"the model has no output '{wanted.name}': its outputs are {sorted(by_name)}")
-        # The protocol names each requested output once; a repeated name is a client's mistake, and answering
-        # it (2,000 times, as was seen) would only multiply the response.
+        # The protocol does not define a repeated output name: it is a client's mistake, and answering each
+        # copy (2,000 of them were sent) would only multiply the response.
         if wanted.name in named:
             raise TensorError(f"output '{wanted.name}' is requested more than once: name each output once")
         named.add(wanted.name)

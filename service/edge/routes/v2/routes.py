@@ -234,7 +234,8 @@ async def _read_tensors(
     pipeline: Pipeline, body: bytes, header_length: int | None, deadline: float
 ) -> tuple[codec.ModelInput, list[codec.OutputChoice], str | None]:
     """The request's input, outputs and id. Parsing its JSON reserves its estimated memory from the decode
-    budget, as a decode does: over the whole budget is 413, a budget held by others past its wait 503."""
+    budget, as a decode does: over the whole budget is 413, a budget held by others past its wait 503. (The
+    protocol names only 400 for a bad request; 413, as for a body over MAX_BODY_BYTES, says size is the fix.)"""
     limits = codec.Limits(pipeline.settings.max_files, pipeline.settings.max_file_bytes)
     cost = codec.parse_cost_bytes(body, header_length)
     budget = pipeline.budget
