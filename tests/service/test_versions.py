@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -272,3 +273,24 @@ def test_stop_runs_every_step_when_one_fails(
     messages = [r.getMessage() for r in caplog.records]
     assert "stopping the batcher failed: RuntimeError: stop failed" in messages
     assert "stopped after answering every admitted request" in messages
+
+
+def test_a_model_dir_that_vanished_is_a_refusal_logged_once_by_the_poller(
+    add_version: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = add_version(1)
+    client = _start(model_dir=model_dir, api_key=KEY, model_poll_interval_s=0.02)
+    try:
+        with caplog.at_level(logging.ERROR, logger="service"):
+            shutil.rmtree(model_dir)
+            wait_until(lambda: 'model_reloads_total{outcome="refused"} 1.0' in client.get("/metrics").text)
+            time.sleep(0.3)  # about 15 more ticks, each refused the same way
+            response = client.post("/admin/reload", headers=HEADERS)
+            metrics = client.get("/metrics").text
+        assert response.status_code == 409
+        assert response.json()["detail"] == f"MODEL_DIR {model_dir} does not exist; still serving version 1"
+        assert 'model_reloads_total{outcome="refused"} 2.0' in metrics  # the poller's one, then this call's
+        assert [r.getMessage() for r in caplog.records] == [response.json()["detail"]] * 2
+        assert _version(client) == "1"
+    finally:
+        client.__exit__(None, None, None)
