@@ -84,3 +84,29 @@ def write_tiny_metadata(onnx_path: Path, **overrides: object) -> Path:
     path = onnx_path.with_suffix(".json")
     path.write_text(json.dumps(metadata))
     return path
+
+
+def build_onnx_failing_at_run_time(path: Path) -> Path:
+    """A file with the real signature that loads but fails when run: its Reshape to (N, -1, 7) cannot hold
+    for 10,000 pixels per image. The target shape is computed from the input's own shape, so neither
+    onnxruntime's nor OpenVINO's load-time shape inference sees it; the first inference (warm-up) does."""
+    nodes = [
+        helper.make_node("Shape", ["input"], ["input_shape"], start=0, end=1),
+        helper.make_node("Concat", ["input_shape", "sevens"], ["target"], axis=0),
+        helper.make_node("Reshape", ["input", "target"], ["rows"]),
+        helper.make_node("ReduceMean", ["rows", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "one"], ["probability"]),
+    ]
+    initializers = [
+        helper.make_tensor("sevens", TensorProto.INT64, [2], [-1, 7]),
+        helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fails-at-run-time",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 100, 100, 1])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1])],
+        initializers,
+    )
+    return save_checked(graph, path)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from service.core.config import SessionSettings, Settings
 from service.core.model import Classifier
-from service.core.versions import ModelSource, latest_source
+from service.core.versions import ModelRepository, ModelSource
 
 
-def model_source(settings: Settings) -> ModelSource:
+def model_source(settings: Settings, repository: ModelRepository | None = None) -> ModelSource:
+    """MODEL_DIR's newest version (through the pipeline's repository, which remembers refused versions), else
+    MODEL_PATH."""
     if settings.model_dir is not None:
-        return latest_source(settings.model_dir)
+        return (repository or ModelRepository(settings.model_dir)).latest()
     return ModelSource(settings.model_path, None)
 
 

@@ -61,3 +61,14 @@ class NotReadyError(ServiceError):
 
 class ReloadRefusedError(ServiceError):
     """A newer model version failed its checks (or there is nothing to reload); the old one keeps serving."""
+
+
+MAX_REASON_CHARS = 500
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected exception as one log-safe line for a message: its type, then its text with newlines
+    folded, at most MAX_REASON_CHARS (onnxruntime's messages run to a source path and both shapes)."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."

@@ -52,6 +52,10 @@ class Metrics:
         self.reloads = Counter(
             "model_reloads_total", "Newer versions swapped in or refused", ["outcome"], registry=self.registry
         )
+        self.poll_errors = Counter(
+            "model_poll_errors_total", "Version poller ticks that failed other than by a refused version "
+            "(logged once per distinct error; polling goes on)", registry=self.registry,
+        )
 
         self.input_mean_gray = Histogram(
             "input_mean_gray_level", "Mean gray level of each served model input",

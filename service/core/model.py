@@ -23,6 +23,7 @@ from service.core.engines import (
     warm_up,
 )
 from service.core.engines.ort_engine import session_options
+from service.core.failures import one_line
 from service.core.model_card import ModelCard, ModelCardError, card_path_for, read_model_card
 
 __all__ = ["INPUT_SHAPE", "Classifier", "ModelLoadError", "session_options"]
@@ -42,6 +43,24 @@ def _read(path: Path) -> bytes:
         raise ModelLoadError(f"model file {path} does not exist") from exc
     except OSError as exc:
         raise ModelLoadError(f"model file {path} is not readable: {exc.strerror}") from exc
+
+
+def check_recorded_hashes(card: ModelCard, card_path: Path, model_path: Path) -> None:
+    """Every sha256 the card records (its own file's and each variant's) matches that file, whichever file
+    will serve: a card that contradicts any of its files describes another export. A variant whose file is
+    absent is left to the selection, which passes it over."""
+    recorded = [(model_path, card.sha256)] + [(model_path.parent / v.file, v.sha256) for v in card.variants or []]
+    actual: dict[Path, str] = {}
+    for path, expected in recorded:
+        if expected is None or not path.is_file():
+            continue
+        if path not in actual:
+            actual[path] = _sha256(_read(path))
+        if actual[path] != expected.lower():
+            raise ModelLoadError(
+                f"model file {path} does not match its metadata {card_path} (sha256 differs): the card and "
+                "its files come from different exports; copy the model's folder as training wrote it"
+            )
 
 
 def serving_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -87,6 +106,7 @@ class Classifier:
             log.info("FLIP_AVERAGED: serving %s, the mean over four flips (4x the compute of %s)",
                      averaged, model_path.name)  # fmt: skip
             return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu)
+        check_recorded_hashes(metadata, metadata_path, model_path)
         declared = metadata.input.shape or [None, *INPUT_SHAPE]
         choice = choose(engine, precision, model_path, metadata, cpu or detect(), installed_engines())
         for note in choice.notes:
@@ -95,7 +115,7 @@ class Classifier:
             log.warning("%s", warning)
         data = _read(choice.model_path)
         model_id = _sha256(data)
-        if choice.sha256 and choice.sha256 != model_id:
+        if choice.sha256 and choice.sha256.lower() != model_id:
             raise ModelLoadError(
                 f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"
             )
@@ -132,5 +152,11 @@ class Classifier:
         return self.engine.run(batch)
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
-        """Runs each batch size once so the first user request does not pay for allocation."""
-        return warm_up(self.predict, batch_sizes)
+        """Runs each batch size once so the first user request does not pay for allocation. A file that loads
+        but fails when run (a Reshape that cannot hold) fails here, as ModelLoadError naming the file."""
+        try:
+            return warm_up(self.predict, batch_sizes)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model file {self.path}: {exc}") from exc
+        except Exception as exc:  # the engine's own error type (onnxruntime's Fail, OpenVINO's RuntimeError)
+            raise ModelLoadError(f"model file {self.path} fails when run (warm-up): {one_line(exc)}") from exc

@@ -10,9 +10,8 @@ door turns into its own status codes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,13 +29,14 @@ from service.core.decode_memory import (
     decode_limits,
     decode_within_budget,
 )
-from service.core.failures import BusyError, OverloadedError, ReloadRefusedError
+from service.core.failures import BusyError, OverloadedError, ReloadRefusedError, one_line
 from service.core.input_stats import DriftMonitor
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import Classifier, ModelLoadError, serving_batch_sizes
 from service.core.preprocessing import ImageError
-from service.core.versions import ModelSource, latest_source
+from service.core.reloads import PollMemory
+from service.core.versions import ModelRepository, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Pipeline:
 
     def __init__(
         self, settings: Settings, metrics: Metrics, model: ServedModel, decoder: ThreadPoolExecutor,
-        limits: DecodeLimits,
+        limits: DecodeLimits, repository: ModelRepository | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -126,18 +126,21 @@ class Pipeline:
         self._reload_lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._repository = repository or (ModelRepository(settings.model_dir) if settings.model_dir else None)
+        self._polled = PollMemory()
         self.drift = self._drift_monitor(model)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
         """Loads and checks the model; raises ModelLoadError with a message for the log."""
-        model = ServedModel.load(model_source(settings), settings, metrics)
+        repository = ModelRepository(settings.model_dir) if settings.model_dir else None
+        model = ServedModel.load(model_source(settings, repository), settings, metrics)
         # Bounded, so many concurrent large uploads cannot each hold a full decoded image at once.
         decoder = ThreadPoolExecutor(
             max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
         )
         limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
-        return cls(settings, metrics, model, decoder, limits)
+        return cls(settings, metrics, model, decoder, limits, repository)
 
     def _drift_monitor(self, model: ServedModel) -> DriftMonitor:
         monitor = DriftMonitor(
@@ -180,36 +183,55 @@ class Pipeline:
             self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
 
     async def stop(self) -> None:
+        """Every step runs whatever happened before it (a poller that died, a drain that failed): each failure
+        is one ERROR line, and the next step still runs, so admitted requests are answered and threads end."""
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await self._stop_step("the version poller", self._poller)
         async with self._reload_lock:
-            await self.model.batcher.stop()
-            await asyncio.gather(*self._draining)
-        self.decoder.shutdown(wait=True)
+            await self._stop_step("the batcher", self.model.batcher.stop())
+            for drain in list(self._draining):
+                await self._stop_step(drain.get_name(), drain)
+        try:
+            self.decoder.shutdown(wait=True)
+        except Exception as exc:  # shutdown goes on; logged with its traceback
+            log.error("stopping the decode pool failed: %s", one_line(exc), exc_info=exc)
 
-    async def reload(self) -> ReloadOutcome:
+    async def _stop_step(self, what: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # our own stop was cancelled
+                raise
+        except Exception as exc:  # shutdown goes on; logged with its traceback
+            log.error("stopping %s failed: %s", what, one_line(exc), exc_info=exc)
+
+    async def reload(self, *, polled: bool = False) -> ReloadOutcome:
         """Serves MODEL_DIR's highest version if it is newer than the one served: loaded, checked and warmed
         beside the old one, then swapped in; requests already admitted finish on the old one. A version that
-        fails its checks is refused (ReloadRefusedError) and the old one keeps serving."""
-        if self.settings.model_dir is None:
+        fails at any step (read, card, sha256, load, warm-up, whatever the engine raises) is refused
+        (ReloadRefusedError: one ERROR line, model_reloads_total{outcome="refused"}) and the old one keeps
+        serving. `polled`: the poller's call, which skips a version refused before whose files are unchanged."""
+        if self.settings.model_dir is None or self._repository is None:
             raise ReloadRefusedError("reload needs MODEL_DIR (versions); this service serves one MODEL_PATH file")
         async with self._reload_lock:
             current = self.model
             try:
-                source = latest_source(self.settings.model_dir)
+                source = self._repository.latest()
             except ModelLoadError as exc:
-                raise ReloadRefusedError(f"{exc}; still serving version {current.version}") from exc
+                raise self._refused(f"{exc}; still serving version {current.version}", polled) from exc
             if int(source.version or 0) <= int(current.version):
+                return ReloadOutcome(current.version, current.version, swapped=False)
+            if polled and self._polled.refused_before(source):
                 return ReloadOutcome(current.version, current.version, swapped=False)
             try:
                 candidate = await asyncio.to_thread(self._load_checked, source)
-            except ModelLoadError as exc:
-                self.metrics.reloads.labels("refused").inc()
-                log.error("version %s refused, still serving %s: %s", source.version, current.version, exc)
-                raise ReloadRefusedError(
-                    f"version {source.version} refused: {exc}; still serving version {current.version}"
+            except Exception as exc:  # any failure of the candidate is a refusal, never a 500
+                self._polled.refuse(source)
+                why = str(exc) if isinstance(exc, ModelLoadError) else one_line(exc)
+                raise self._refused(
+                    f"version {source.version} refused: {why}; still serving version {current.version}",
+                    polled=False,
                 ) from exc
             candidate.batcher.start()
             self.model = candidate
@@ -222,6 +244,13 @@ class Pipeline:
             log.info("now serving version %s (%s); version %s drains", candidate.version,
                      candidate.classifier.model_id[:12], current.version)
             return ReloadOutcome(current.version, candidate.version, swapped=True)
+
+    def _refused(self, reason: str, polled: bool) -> ReloadRefusedError:
+        """One ERROR line and one count per refusal; the poller's repeats of one reason are silent."""
+        if not polled or self._polled.first_report(reason):
+            self.metrics.reloads.labels("refused").inc()
+            log.error("%s", reason)
+        return ReloadRefusedError(reason)
 
     def _label_served(self, model: ServedModel) -> None:
         """model_version_served and model_info name the version, engine and precision that answer."""
@@ -237,10 +266,20 @@ class Pipeline:
         return model
 
     async def _poll(self, interval_s: float) -> None:
+        """Reloads every interval_s until cancelled, whatever a tick raises: a refused version is logged by
+        reload, any other error once per distinct message (with its traceback) and counted."""
         while True:
             await asyncio.sleep(interval_s)
-            with contextlib.suppress(ReloadRefusedError):  # logged by reload; the old version keeps serving
-                await self.reload()
+            try:
+                await self.reload(polled=True)
+            except ReloadRefusedError:
+                pass  # logged and counted by reload; the old version keeps serving
+            except Exception as exc:  # the poller must outlive any error
+                self.metrics.poll_errors.inc()
+                reason = one_line(exc)
+                if self._polled.first_report(reason):
+                    log.error("the version poller's check failed: %s; it checks again every %g s", reason,
+                              interval_s, exc_info=exc)
 
     def deadline(self) -> float:
         """The event-loop time by which a request that starts now must be answered."""

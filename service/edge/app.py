@@ -21,17 +21,19 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
+from service.edge.headers import SecurityHeaders
 from service.edge.limits import BodySizeLimit
 from service.edge.metrics_middleware import MetricsMiddleware
-from service.edge.routes import admin, explain, health, page, predict
+from service.edge.routes import admin, docs, explain, health, page, predict
 from service.edge.routes.v2 import routes as v2
 
 log = logging.getLogger("service")
 EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
-    """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`."""
+def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None) -> FastAPI:
+    """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`.
+    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
 
     @asynccontextmanager
@@ -39,7 +41,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         start = time.perf_counter()
         try:
             serving = pipeline if pipeline is not None else Pipeline.load(settings, metrics)
-            warm_s = serving.warm_up()
+            warm_s = serving.warm_up() if warm_up_s is None else warm_up_s
         except ModelLoadError as exc:
             log.error("cannot start: %s", exc)
             raise
@@ -79,6 +81,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         summary="Binary image classification (seed CNN on ELPV solar cells) with onnxruntime",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by service.edge.routes.docs from an installed package instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -87,6 +92,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(explain.router)
+    docs.install(app)
     if settings.ui_enabled:
         page.install(app)
     install_error_handlers(app)
@@ -100,4 +106,5 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key"],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"])
+    app.add_middleware(SecurityHeaders)
     return app

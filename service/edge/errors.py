@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,6 +35,7 @@ from service.core.failures import (
     UnsupportedMediaTypeError,
 )
 from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+from service.edge.headers import NOSNIFF
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +117,22 @@ async def _tabled(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, request.app.state.settings.retry_after_s, protocol_for(request.url.path))
 
 
-async def _framework(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette's own refusals (no such route, method not allowed): its status, the protocol's field.
+async def _framework(request: Request, exc: Exception) -> Response:
+    """The router's own 404 and 405 (no route matched) in the field of the path's protocol. The statuses stay
+    HTTP's own: the protocol defines no status for a path it does not have."""
     assert isinstance(exc, StarletteHTTPException)
-    key = error_key_for(request.url.path)
-    return JSONResponse({key: str(exc.detail)}, status_code=exc.status_code, headers=dict(exc.headers or {}) or None)
+    if protocol_for(request.url.path) == "rest":
+        return await http_exception_handler(request, exc)
+    allowed = (exc.headers or {}).get("Allow")
+    where = f"this endpoint takes {allowed}" if allowed else "no such endpoint of the Open Inference Protocol here"
+    return JSONResponse({"error": f"{exc.detail}: {where} (the list is at /docs)"}, status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({error_key_for(request.url.path): "internal server error"}, status_code=500)
+    # Sent by Starlette outside every middleware, so it carries the common headers itself.
+    return JSONResponse({error_key_for(request.url.path): "internal server error"}, status_code=500, headers=NOSNIFF)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

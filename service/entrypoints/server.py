@@ -1,17 +1,26 @@
-"""`python -m service` / `serve`: uvicorn with the settings from the environment."""
+"""`python -m service` / `serve`: uvicorn with the settings from the environment.
+
+Every start-up failure, at any stage (the settings, the port, the model's load or its warm-up), is one line
+`cannot start: ...` and exit code 1: everything that can fail runs here, before uvicorn starts.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import signal
+import socket
 import sys
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
 from uvicorn.config import LOGGING_CONFIG
 
 from service.core.config import Settings
+from service.core.failures import one_line
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
@@ -22,6 +31,10 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def cannot_start(why: str) -> NoReturn:
+    sys.exit(f"cannot start: {why}")
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
     """uvicorn's own logging setup, with the service's loggers on the same handler and format."""
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -29,24 +42,41 @@ def log_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def load_pipeline(settings: Settings) -> Pipeline:
-    """Loads the model once, before uvicorn: a failure is one line and exit 1, not a lifespan traceback."""
+def read_settings() -> Settings:
     try:
-        return Pipeline.load(settings, Metrics())
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}" for e in exc.errors()]
+        cannot_start(f"invalid setting {'; '.join(problems)} (environment variables of the same name)")
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, before the model loads: a port in use fails in milliseconds, not after the load."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        cannot_start(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} (set HOST or PORT)")
+    return sock
+
+
+def load_pipeline(settings: Settings) -> tuple[Pipeline, float]:
+    """Loads and warms the model once, before uvicorn: (pipeline, warm-up seconds)."""
+    try:
+        pipeline = Pipeline.load(settings, Metrics())
+        return pipeline, pipeline.warm_up()
     except ModelLoadError as exc:
-        sys.exit(f"cannot start: {exc}")
+        cannot_start(" ".join(str(exc).split()))
+    except Exception as exc:  # noqa: BLE001 - anything else the load raises is one line too, never a traceback
+        cannot_start(f"loading the model failed: {one_line(exc)}")
 
 
-def main() -> None:
-    settings = Settings()
-    app = create_app(settings, load_pipeline(settings))
-    # uvicorn handles SIGTERM itself (graceful shutdown), then restores this handler and raises the
-    # signal again: a stop after every admitted request was answered exits 0, not 143.
-    signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
+def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+    config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         log_level=settings.log_level,
         log_config=log_config(settings),
         # One process: the model already uses every core through onnxruntime's threads.
@@ -55,6 +85,24 @@ def main() -> None:
         access_log=settings.log_level == "debug",
         server_header=False,
     )
+    server = uvicorn.Server(config)
+    # uvicorn names the address only for sockets it binds itself.
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("service").info("listening on http://%s:%d", host, port)
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed after the checks above; uvicorn logged why
+        cannot_start("the application's start-up failed (its error is logged above)")
+
+
+def main() -> None:
+    settings = read_settings()
+    sock = bind(settings)
+    pipeline, warm_up_s = load_pipeline(settings)
+    app = create_app(settings, pipeline, warm_up_s=warm_up_s)
+    # uvicorn handles SIGTERM itself (graceful shutdown), then restores this handler and raises the
+    # signal again: a stop after every admitted request was answered exits 0, not 143.
+    signal.signal(signal.SIGTERM, _stopped)
+    serve(app, settings, sock)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ many distinct images at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import signal
 import socket
@@ -17,9 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.servers import service_spec
 from service.core.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
-from tests.model_factory import build_tiny_onnx, tiny_probability, write_tiny_metadata
+from tests.model_factory import (
+    build_onnx_failing_at_run_time,
+    build_tiny_onnx,
+    tiny_probability,
+    write_tiny_metadata,
+)
 from tests.reliability.conftest import Server, spawn_server
 from tests.reliability.samples import valid_images
 
@@ -132,11 +139,73 @@ def test_a_model_that_cannot_be_served_stops_start_up_with_one_clear_line(
     server = spawn_server(make_model(tmp_path), tmp_path / "server.log")
     exit_code = server.process.wait(timeout=60)
     log = server.log
-    assert exit_code != 0
+    assert exit_code == 1
     lines = [line for line in log.splitlines() if line.strip()]
     assert len(lines) == 1, log
     assert lines[0].startswith("cannot start: ")
     assert re.search(message, lines[0]), lines[0]
+
+
+def _fails_when_run(directory: Path) -> Path:
+    model = build_onnx_failing_at_run_time(directory / "model.onnx")
+    write_tiny_metadata(model)
+    return model
+
+
+def _top_level_sha256_wrong_variants_right(directory: Path) -> Path:
+    """The issue's case: only the chosen variant's hash used to be checked, so this card was served."""
+    model = build_tiny_onnx(directory / "model.onnx")
+    right = hashlib.sha256(model.read_bytes()).hexdigest()
+    variant = {"engine": "onnxruntime", "precision": "fp32", "file": "model.onnx", "sha256": right, "accuracy": 1.0}
+    write_tiny_metadata(model, sha256="0" * 64, variants=[variant])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("make_model", "settings", "message"),
+    [
+        pytest.param(
+            _fails_when_run, {"ENGINE": "onnxruntime"},
+            r"model file .*model\.onnx fails when run \(warm-up\): Fail: .*Reshape", id="fails-at-warm-up",
+        ),
+        pytest.param(
+            _fails_when_run, {"ENGINE": "openvino"}, r"model file .*model\.onnx cannot be compiled by OpenVINO",
+            id="openvino-refuses-it",
+        ),
+        pytest.param(
+            _top_level_sha256_wrong_variants_right, {"ENGINE": "onnxruntime"},
+            r"model file .*model\.onnx does not match its metadata .*model\.json \(sha256 differs\)",
+            id="top-level-sha256-wrong",
+        ),
+        pytest.param(
+            lambda d: build_tiny_onnx(d / "model.onnx"), {"MAX_BATCH_SIZE": "zero"},
+            r"invalid setting MAX_BATCH_SIZE: Input should be a valid integer", id="invalid-setting",
+        ),
+    ],
+)
+def test_every_start_up_failure_is_one_line_and_exit_1(
+    tmp_path: Path, make_model: Callable[[Path], Path], settings: dict[str, str], message: str
+) -> None:
+    model = make_model(tmp_path)
+    if not model.with_suffix(".json").exists():
+        write_tiny_metadata(model)
+    server = spawn_server(model, tmp_path / "server.log", **settings)
+    assert server.process.wait(timeout=60) == 1
+    lines = [line for line in server.log.splitlines() if line.strip()]
+    assert len(lines) == 1, server.log
+    assert lines[0].startswith("cannot start: ")
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_a_port_in_use_is_one_line_and_exit_1_before_the_model_loads(tiny_model_path: Path, tmp_path: Path) -> None:
+    spec = service_spec("server", tiny_model_path, {"LOG_LEVEL": "info"})
+    server = Server(spec, tmp_path, ready_timeout_s=60.0)
+    with socket.create_server(("127.0.0.1", server.port)):
+        server.spawn()
+        assert server.process.wait(timeout=60) == 1
+    lines = [line for line in server.log.splitlines() if line.strip()]
+    assert len(lines) == 1, server.log
+    assert re.fullmatch(r"cannot start: cannot listen on 127\.0\.0\.1:\d+: Address already in use .*", lines[0])
 
 
 # ---- SIGTERM while requests are in flight ----

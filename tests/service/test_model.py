@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -141,3 +142,43 @@ def test_startup_fails_when_the_positive_class_is_not_the_second_class_name(mode
     write_tiny_metadata(build_tiny_onnx(model_path), positive_class="functional")
     with pytest.raises(ModelLoadError, match="positive_class 'functional' must be the second of class_names"):
         start(model_path)
+
+
+def _variant(file: str, sha256: str, precision: str = "fp32") -> dict[str, object]:
+    return {"engine": "onnxruntime", "precision": precision, "file": file, "sha256": sha256, "accuracy": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("top_level_right", "fp32_right", "int8_right", "wrong_file"),
+    [
+        pytest.param(False, True, True, "model.onnx", id="top-level"),
+        pytest.param(True, False, True, "model.onnx", id="served-variant"),
+        pytest.param(True, True, False, "model.int8.onnx", id="variant-not-served"),
+    ],
+)
+def test_every_sha256_the_card_records_is_checked_against_its_file(
+    model_path: Path, top_level_right: bool, fp32_right: bool, int8_right: bool, wrong_file: str
+) -> None:
+    build_tiny_onnx(model_path)
+    int8 = build_tiny_onnx(model_path.with_name("model.int8.onnx"))
+    right, right_int8 = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (model_path, int8))
+    write_tiny_metadata(
+        model_path,
+        sha256=right if top_level_right else "0" * 64,
+        variants=[
+            _variant("model.onnx", right if fp32_right else "1" * 64),
+            _variant("model.int8.onnx", right_int8 if int8_right else "2" * 64, "int8"),
+        ],
+    )
+    with pytest.raises(ModelLoadError, match=rf"model file \S+/{re.escape(wrong_file)} does not match its metadata"):
+        Classifier.load(model_path, Settings(model_path=model_path).session, engine="onnxruntime")
+
+
+def test_a_card_whose_hashes_all_match_loads(model_path: Path) -> None:
+    build_tiny_onnx(model_path)
+    right = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    # An absent variant file is the selection's business (passed over), not a contradiction.
+    write_tiny_metadata(
+        model_path, sha256=right.upper(), variants=[_variant("model.onnx", right), _variant("gone.onnx", "3" * 64)]
+    )
+    assert Classifier.load(model_path, Settings(model_path=model_path).session, engine="onnxruntime").model_id == right

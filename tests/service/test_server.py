@@ -3,6 +3,7 @@ start-up path (settings read once, the model loaded once, nothing at import)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import service.entrypoints.server as entry
-from bench.servers import REPO_ROOT, Server, service_spec
+from bench.servers import REPO_ROOT, Server, free_port, service_spec
 from service.core.model import Classifier
 from tests.service.helpers import expected_probability, gray_png
 
@@ -38,26 +39,37 @@ def test_server_answers_a_png_and_exits_cleanly_on_sigterm(server: Server) -> No
     assert "Application shutdown complete" in server.log
 
 
-def test_starting_the_service_loads_the_model_exactly_once(
+def test_starting_the_service_loads_and_warms_the_model_exactly_once(
     tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loads: list[Path] = []
+    warm_ups: list[tuple[int, ...]] = []
     real_load = Classifier.load.__func__  # type: ignore[attr-defined]
+    real_warm_up = Classifier.warm_up
 
     def counting_load(cls: type[Classifier], model_path: Path, *args: object, **kwargs: object) -> Classifier:
         loads.append(model_path)
         return real_load(cls, model_path, *args, **kwargs)
 
-    def serve_once(app: object, **options: object) -> None:
-        # Stands in for uvicorn.run: runs the lifespan and one request, as uvicorn would.
+    def counting_warm_up(self: Classifier, batch_sizes: tuple[int, ...]) -> float:
+        warm_ups.append(batch_sizes)
+        return real_warm_up(self, batch_sizes)
+
+    def serve_once(app: object, settings: object, sock: socket.socket) -> None:
+        # Stands in for uvicorn: runs the lifespan and one request, as uvicorn would on the bound socket.
+        sock.close()
         with TestClient(app) as client:  # type: ignore[arg-type]
             assert client.get("/readyz").status_code == 200
 
     monkeypatch.setattr(Classifier, "load", classmethod(counting_load))
-    monkeypatch.setattr(entry.uvicorn, "run", serve_once)
+    monkeypatch.setattr(Classifier, "warm_up", counting_warm_up)
+    monkeypatch.setattr(entry, "serve", serve_once)
     monkeypatch.setenv("MODEL_PATH", str(tiny_model_path))
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", str(free_port()))
     entry.main()
     assert loads == [tiny_model_path]
+    assert len(warm_ups) == 1
 
 
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -76,4 +76,4 @@ def test_an_invalid_request_is_422_on_predict_and_400_on_v2(client: TestClient) 
 def test_unmatched_v2_paths_answer_the_protocols_error_field(client: TestClient) -> None:
     response = client.get("/v2/no/such/path")
     assert response.status_code == 404
-    assert response.json() == {"error": "Not Found"}
+    assert response.json()["error"].startswith("Not Found: no such endpoint of the Open Inference Protocol")

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.pipeline import Pipeline
 from service.core.preprocessing import preprocess_bytes
 from service.edge.app import create_app
 from tests.model_factory import CLASS_NAMES, build_tiny_onnx, tiny_probability, write_tiny_metadata
@@ -299,6 +301,83 @@ def test_malformed_requests_get_400_with_an_error_message(
     client: TestClient, body: bytes, headers: dict[str, str], match: str
 ) -> None:
     assert_error(client.post(INFER, content=body, headers=headers), 400, match)
+
+
+def _one_image(**changes: object) -> dict[str, object]:
+    tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [b64(gray_png(1))], **changes}
+    return {"inputs": [tensor]}
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        pytest.param(pixels_json([True] * 10_000), "not true or false", id="fp32-all-booleans"),
+        pytest.param(pixels_json([1.0] * 9_999 + [False]), "not true or false", id="fp32-one-boolean"),
+        pytest.param(pixels_json([[1.0] * 9_999 + [True]]), "not true or false", id="fp32-nested-boolean"),
+        pytest.param(_one_image(shape=[True]), "inputs.0.shape.0: Input should be a valid integer", id="shape-true"),
+        pytest.param(_one_image(shape=[1.0]), "inputs.0.shape.0: Input should be a valid integer", id="shape-float"),
+        pytest.param(_one_image(shape=["1"]), "inputs.0.shape.0: Input should be a valid integer", id="shape-string"),
+        pytest.param(_one_image(parameters={"binary_data_size": 1.0}), "binary_data_size", id="binary-size-float"),
+        pytest.param(images_json(gray_png(1)) | {"outputs": [{"name": "label", "parameters": {"binary_data": 1}}]},
+                     "binary_data: Input should be a valid boolean", id="binary-data-int"),
+        pytest.param(images_json(gray_png(1)) | {"outputs": [{"name": "label"}] * 2000},
+                     "output 'label' is requested more than once", id="duplicate-outputs"),
+        pytest.param(images_json(gray_png(1)) | {"outputs": [{"name": "label"}, {"name": "probability"},
+                                                           {"name": "label"}]},
+                     "output 'label' is requested more than once", id="duplicate-output-later"),
+    ],
+)
+def test_lenient_json_is_refused_with_400(client: TestClient, body: dict[str, object], match: str) -> None:
+    assert_error(client.post(INFER, json=body), 400, match)
+
+
+# Surrounding spaces are not among them: HTTP parsers strip a field value's optional whitespace (RFC 9110 5.5).
+@pytest.mark.parametrize("value", ["14.0", "+14", "1_4", "0x0e", "-0", "14 bytes", "1" * 19, "\u0661\u0664"])
+def test_a_header_length_not_in_ascii_digits_is_400(client: TestClient, value: str) -> None:
+    sent = value.encode().decode("unicode_escape").encode()  # "١٤": Arabic-Indic digits, which int() reads as 14
+    response = client.post(INFER, content=b'{"inputs": []}', headers={"Inference-Header-Content-Length": sent})
+    assert_error(response, 400, "Inference-Header-Content-Length must be the JSON header's length in bytes, written "
+                 "in ASCII digits")
+
+
+def test_a_header_length_with_leading_zeros_is_still_digits(client: TestClient) -> None:
+    body, headers = binary_body(
+        {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                     "parameters": {"binary_data_size": len(length_prefixed(gray_png(1)))}}]},
+        length_prefixed(gray_png(1)),
+    )
+    headers = {"Inference-Header-Content-Length": "000" + headers["Inference-Header-Content-Length"]}
+    assert client.post(INFER, content=body, headers=headers).status_code == 200
+
+
+MiB = 1024 * 1024
+
+
+def test_a_json_body_whose_parse_would_exceed_the_decode_budget_is_413(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(DECODE_MEMORY_BUDGET_BYTES=64 * MiB)
+    # 12 MB of one string: parsing it may take 6 bytes per byte (72 MB), more than the whole budget.
+    body = json.dumps(_one_image(data=["A" * 12_000_000]))
+    assert_error(
+        client.post(INFER, content=body), 413, "needs an estimated 72 MB, more than the decode memory budget of 67 MB"
+    )
+    # 10 MB fits (60 MB): it is parsed, and refused for what it is.
+    body = body.replace("A" * 12_000_000, "A" * 10_000_000)
+    assert_error(client.post(INFER, content=body), 400, "image_bytes[0]': the bytes are not a decodable image")
+
+
+def test_a_json_body_waits_for_decode_memory_like_an_image_and_gets_503_past_the_wait(
+    tiny_model_path: Path,
+) -> None:
+    settings = Settings(model_path=tiny_model_path, decode_memory_budget_bytes=64 * MiB, decode_memory_wait_s=0.2)
+    pipeline = Pipeline.load(settings, Metrics())
+    with TestClient(create_app(settings, pipeline)) as client:
+        assert pipeline.budget.try_acquire(60 * MiB)  # as if large decodes were running
+        # 1.3 MB of base64: an estimated 8 MB to parse, more than the 4 MiB left.
+        response = client.post(INFER, json=images_json(b"x" * 1_000_000))
+        assert_error(response, 503, "decode memory is busy")
+        assert response.headers["Retry-After"]
+        pipeline.budget.release(60 * MiB)
+        assert client.post(INFER, json=images_json(gray_png(1))).status_code == 200
 
 
 def test_more_images_than_max_files_get_400(make_client: Callable[..., TestClient]) -> None:

@@ -232,3 +232,20 @@ def test_binary_outputs_follow_the_header_in_order() -> None:
     rest = encoded.body[encoded.header_length :]
     assert rest[: len(labels)] == labels
     np.testing.assert_array_equal(np.frombuffer(rest[len(labels) :], "<f4"), [0.25, 0.75])
+
+
+@pytest.mark.parametrize("value", ["0", "14", "000014", "1" * 18])
+def test_a_header_length_in_ascii_digits_is_read(value: str) -> None:
+    assert codec.header_length_of(value) == int(value)
+
+
+@pytest.mark.parametrize("value", ["", "14.0", "+14", " 14 ", "1_4", "-1", "\u0661\u0664", "\u00b2", "1" * 19])
+def test_a_header_length_in_anything_but_ascii_digits_is_refused(value: str) -> None:
+    with pytest.raises(codec.TensorError, match="in ASCII digits"):
+        codec.header_length_of(value)
+
+
+def test_the_parse_cost_counts_the_json_header_only() -> None:
+    header = b'{"a": [1, 2, 3]}'
+    assert codec.parse_cost_bytes(header + b"\x00" * 1000, len(header)) == 6 * len(header) + 256 * 3
+    assert codec.parse_cost_bytes(header, None) == 6 * len(header) + 256 * 3

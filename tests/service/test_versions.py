@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.core.batching import MicroBatcher
 from service.core.config import Settings
 from service.core.model import ModelLoadError
+from service.core.versions import ModelRepository
 from service.edge.app import create_app
 from tests.service.helpers import gray_png, wait_until
 
@@ -119,7 +123,7 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
         assert response.status_code == 409
         assert response.json()["detail"].startswith("version 2 refused: model file")
         assert response.json()["detail"].endswith("still serving version 1")
-        assert "version 2 refused, still serving 1" in caplog.text
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [response.json()["detail"]]
         assert _version(client) == "1"
         assert client.get("/readyz").status_code == 200
     finally:
@@ -195,3 +199,98 @@ def test_an_invalid_request_threshold_is_a_422_with_a_sentence(client: TestClien
     response = client.post(f"/predict?threshold={value}", files={"file": ("a.png", gray_png(140), "image/png")})
     assert response.status_code == 422
     assert response.json()["detail"].startswith("query parameter 'threshold': ")
+
+
+@pytest.mark.parametrize("name", ["²", "٣", "1" * 19, "-1", "+2", " 2", "2.0", "v2", ".2"])
+def test_a_folder_not_named_in_ascii_digits_is_ignored_with_one_warning(
+    add_version: Callable[..., Path], caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    model_dir = add_version(1)
+    (model_dir / name).mkdir()
+    shutil.copy(model_dir / "1" / "model.onnx", model_dir / name / "model.onnx")
+    repository = ModelRepository(model_dir)
+    with caplog.at_level(logging.WARNING, logger="service"):
+        assert [version for version, _ in repository.versions()] == [1]
+        assert repository.latest().version == "1"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"MODEL_DIR entry {name!r} ignored: a version folder is named by a whole number in ASCII digits "
+        f"(at most 18), such as {model_dir}/2"
+    ]
+
+
+def test_a_poller_tick_that_raises_is_logged_once_counted_and_polling_goes_on(
+    add_version: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = _start(model_dir=add_version(1), api_key=KEY, model_poll_interval_s=0.02)
+    failures = 0
+    real_latest = ModelRepository.latest
+
+    def flaky_latest(self: ModelRepository) -> object:
+        nonlocal failures
+        if failures < 5:
+            failures += 1
+            raise RuntimeError("disk on fire")
+        return real_latest(self)
+
+    monkeypatch.setattr(ModelRepository, "latest", flaky_latest)
+    try:
+        with caplog.at_level(logging.ERROR, logger="service"):
+            wait_until(lambda: failures == 5)
+            add_version(2)
+            wait_until(lambda: client.get("/model", headers=HEADERS).json()["version"] == "2")
+        metrics = client.get("/metrics").text
+    finally:
+        client.__exit__(None, None, None)
+    assert "model_poll_errors_total 5.0" in metrics
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["the version poller's check failed: RuntimeError: disk on fire; it checks again every 0.02 s"]
+
+
+def test_stop_runs_every_step_when_one_fails(
+    add_version: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = _start(model_dir=add_version(1), api_key=KEY, model_poll_interval_s=0.02)
+    add_version(2)
+    wait_until(lambda: client.get("/model", headers=HEADERS).json()["version"] == "2")
+    stopped: list[str] = []
+
+    async def failing_stop(self: MicroBatcher) -> None:
+        stopped.append("batcher")
+        raise RuntimeError("stop failed")
+
+    real_shutdown = ThreadPoolExecutor.shutdown
+
+    def recording_shutdown(self: ThreadPoolExecutor, *args: object, **kwargs: object) -> None:
+        if self._thread_name_prefix == "decode":
+            stopped.append("decoder")
+        real_shutdown(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MicroBatcher, "stop", failing_stop)
+    monkeypatch.setattr(ThreadPoolExecutor, "shutdown", recording_shutdown)
+    with caplog.at_level(logging.INFO, logger="service"):
+        client.__exit__(None, None, None)
+    assert stopped == ["batcher", "decoder"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "stopping the batcher failed: RuntimeError: stop failed" in messages
+    assert "stopped after answering every admitted request" in messages
+
+
+def test_a_model_dir_that_vanished_is_a_refusal_logged_once_by_the_poller(
+    add_version: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = add_version(1)
+    client = _start(model_dir=model_dir, api_key=KEY, model_poll_interval_s=0.02)
+    try:
+        with caplog.at_level(logging.ERROR, logger="service"):
+            shutil.rmtree(model_dir)
+            wait_until(lambda: 'model_reloads_total{outcome="refused"} 1.0' in client.get("/metrics").text)
+            time.sleep(0.3)  # about 15 more ticks, each refused the same way
+            response = client.post("/admin/reload", headers=HEADERS)
+            metrics = client.get("/metrics").text
+        assert response.status_code == 409
+        assert response.json()["detail"] == f"MODEL_DIR {model_dir} does not exist; still serving version 1"
+        assert 'model_reloads_total{outcome="refused"} 2.0' in metrics  # the poller's one, then this call's
+        assert [r.getMessage() for r in caplog.records] == [response.json()["detail"]] * 2
+        assert _version(client) == "1"
+    finally:
+        client.__exit__(None, None, None)

@@ -26,6 +26,13 @@ def session_options(settings: SessionSettings, threads: int | None = None) -> or
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = settings.cpu_mem_arena
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    return quiet(options)
+
+
+def quiet(options: ort.SessionOptions) -> ort.SessionOptions:
+    """Fatal messages only from onnxruntime's own stderr logger: every error it logs (a kernel that fails
+    at warm-up printed a colored multi-line ERROR beside our one line) is also raised, and reported by us."""
+    options.log_severity_level = 4
     return options
 
 
@@ -55,6 +62,7 @@ def check_file(data: bytes, path: Path) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
+    quiet(options)
     check_signature(open_session(data, path, options), path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ from service.edge.routes.v2.schemas import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# ASCII digits only (int() would also take "+12", " 12 ", "1_2" and other scripts' digits); 18 fit an int64.
+_HEADER_LENGTH_VALUE = re.compile(r"[0-9]{1,18}")
+# What parsing a JSON header may allocate, an upper bound measured with pydantic-core 2.50 (peak RSS over
+# InferenceRequest.model_validate_json): a string that holds one character beyond the BMP, written as a JSON
+# escape, becomes 4 bytes per character in Python beside the parser's own copy: 6.0 bytes per header byte
+# (a 48 MB header: 288 MB). Each JSON value costs at most ~225 bytes besides (161,000 one-element lists:
+# 36 MB); floats 77, ints 46.
+PARSE_BYTES_PER_HEADER_BYTE = 6
+PARSE_BYTES_PER_VALUE = 256
 _LENGTH_PREFIX = struct.Struct("<I")
 _FP32 = np.dtype("<f4")
 
@@ -92,6 +102,25 @@ class ModelInput:
 
 
 # ---- Request -----------------------------------------------------------------------------------------------
+
+
+def header_length_of(value: str | None) -> int | None:
+    """The Inference-Header-Content-Length header's value: ASCII digits, nothing else."""
+    if value is None:
+        return None
+    if not _HEADER_LENGTH_VALUE.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise TensorError(
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes, written in ASCII digits, not {shown!r}"
+        )
+    return int(value)
+
+
+def parse_cost_bytes(body: bytes, header_length: int | None) -> int:
+    """An upper bound of the memory that parsing this body's JSON header allocates (the binary data that
+    may follow it is sliced, not parsed)."""
+    end = len(body) if header_length is None else min(header_length, len(body))
+    return PARSE_BYTES_PER_HEADER_BYTE * end + PARSE_BYTES_PER_VALUE * (body.count(b",", 0, end) + 1)
 
 
 def parse_request(body: bytes, header_length: int | None, limits: Limits) -> ParsedRequest:
@@ -270,6 +299,9 @@ def _fp32_from_binary(data: bytes, count: int, name: str) -> np.ndarray:
 
 
 def _fp32_from_json(tensor: RequestInput, count: int) -> np.ndarray:
+    # JSON true/false are not numbers: numpy would read them as 1 and 0 (or the whole list as bool).
+    if any(isinstance(value, bool) for value in _flatten(tensor.data or [])):
+        raise TensorError(f"input '{tensor.name}': 'data' must hold only numbers (FP32), not true or false")
     try:
         values = np.asarray(tensor.data, dtype=None)
     except (ValueError, TypeError) as exc:
@@ -312,10 +344,16 @@ def choose_outputs(request: InferenceRequest) -> list[OutputChoice]:
         return [OutputChoice(spec, default) for spec in OUTPUTS]
     by_name = {spec.name: spec for spec in OUTPUTS}
     choices = []
+    named: set[str] = set()
     for wanted in request.outputs:
         spec = by_name.get(wanted.name)
         if spec is None:
             raise TensorError(f"the model has no output '{wanted.name}': its outputs are {sorted(by_name)}")
+        # The protocol does not define a repeated output name: it is a client's mistake, and answering each
+        # copy (2,000 of them were sent) would only multiply the response.
+        if wanted.name in named:
+            raise TensorError(f"output '{wanted.name}' is requested more than once: name each output once")
+        named.add(wanted.name)
         binary = wanted.parameters.binary_data if wanted.parameters else None
         choices.append(OutputChoice(spec, default if binary is None else binary))
     return choices

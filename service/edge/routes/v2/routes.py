@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
-from service.core.failures import NotFoundError, NotReadyError, UnsupportedMediaTypeError
+from service.core.decode_memory import MB, DecodeBusyError
+from service.core.failures import NotFoundError, NotReadyError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline, ServedModel
 from service.edge.deps import PipelineDep, ready_pipeline
@@ -176,14 +177,43 @@ _infer_ok = {
 }
 _infer_responses = {**_infer_ok, **_responses(400, 401, 404, 408, 413, 415, 503)}
 
+# Read as text and parsed by the codec: FastAPI's int would also take "123.0", "+123" and " 123 ".
 HeaderLength = Annotated[
-    int | None,
-    Header(alias=codec.HEADER_LENGTH, ge=0, description="length of the JSON header when binary data follows it"),
+    str | None,
+    Header(
+        alias=codec.HEADER_LENGTH,
+        description="length of the JSON header in bytes, in ASCII digits, when binary data follows it",
+    ),
 ]
 
 
+async def _read_tensors(
+    pipeline: Pipeline, body: bytes, header_length: int | None, deadline: float
+) -> tuple[codec.ModelInput, list[codec.OutputChoice], str | None]:
+    """The request's input, outputs and id. Parsing its JSON reserves its estimated memory from the decode
+    budget, as a decode does: over the whole budget is 413, a budget held by others past its wait 503. (The
+    protocol names only 400 for a bad request; 413, as for a body over MAX_BODY_BYTES, says size is the fix.)"""
+    limits = codec.Limits(pipeline.settings.max_files, pipeline.settings.max_file_bytes)
+    cost = codec.parse_cost_bytes(body, header_length)
+    budget = pipeline.budget
+    if cost > budget.limit_bytes:
+        raise PayloadTooLargeError(
+            f"parsing this {len(body)}-byte JSON request needs an estimated {cost / MB:.0f} MB, more than the "
+            f"decode memory budget of {budget.limit_bytes / MB:.0f} MB: send the image files as binary tensor "
+            f"data (binary_data_size and {codec.HEADER_LENGTH}), or fewer per request"
+        )
+    try:
+        async with budget.reserve(cost, deadline):
+            parsed = codec.parse_request(body, header_length, limits)
+            tensor = codec.read_input(parsed, limits)
+            outputs = codec.choose_outputs(parsed.request)  # before inference: a bad output name costs no compute
+            return tensor, outputs, parsed.request.id
+    except DecodeBusyError as exc:
+        raise pipeline.busy(f"decode memory is busy ({exc})") from exc
+
+
 async def _infer(
-    request: Request, pipeline: Pipeline, name: str, version: str | None, header_length: int | None
+    request: Request, pipeline: Pipeline, name: str, version: str | None, header_value: str | None
 ) -> Response:
     served(pipeline, name, version)
     settings = pipeline.settings
@@ -193,10 +223,7 @@ async def _infer(
     deadline = pipeline.deadline()
     async with arriving_by(deadline, settings.request_timeout_s, "the body"):
         body = await request.body()
-    limits = codec.Limits(settings.max_files, settings.max_file_bytes)
-    parsed = codec.parse_request(body, header_length, limits)
-    tensor = codec.read_input(parsed, limits)
-    outputs = codec.choose_outputs(parsed.request)  # before inference: a bad output name costs no compute
+    tensor, outputs, request_id = await _read_tensors(pipeline, body, codec.header_length_of(header_value), deadline)
     if tensor.images is not None:
         images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(tensor.images)]
         answer = await pipeline.answer(images, deadline)
@@ -209,7 +236,7 @@ async def _infer(
     encoded = codec.encode_response(
         model_name=answer.model.classifier.metadata.name,
         model_version=answer.model.version,
-        request_id=parsed.request.id,
+        request_id=request_id,
         outputs=outputs,
         probabilities=answer.probabilities,
         labels=[label_for(p, threshold, class_names) for p in answer.probabilities],

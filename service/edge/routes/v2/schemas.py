@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 Datatype = str  # "BOOL", "UINT8", ... "FP32", "BYTES": checked against the model's metadata, not here.
 
@@ -19,14 +19,15 @@ class _Open(BaseModel):
 
 
 class TensorParameters(_Open):
-    binary_data_size: int | None = Field(
+    binary_data_size: StrictInt | None = Field(
         None, ge=0, description="this input's data follows the JSON header in the body, this many bytes"
     )
 
 
 class RequestInput(BaseModel):
     name: str
-    shape: list[int] = Field(description="one entry per dimension, row-major")
+    # Strict: JSON true, 1.0 or "1" is not a dimension (pydantic's lax mode would read them as 1).
+    shape: list[StrictInt] = Field(description="one entry per dimension, row-major")
     datatype: Datatype
     parameters: TensorParameters | None = None
     data: list[Any] | None = Field(
@@ -35,7 +36,7 @@ class RequestInput(BaseModel):
 
 
 class OutputParameters(_Open):
-    binary_data: bool | None = Field(None, description="send this output as binary data after the JSON header")
+    binary_data: StrictBool | None = Field(None, description="send this output as binary data after the JSON header")
 
 
 class RequestOutput(BaseModel):
@@ -44,7 +45,7 @@ class RequestOutput(BaseModel):
 
 
 class RequestParameters(_Open):
-    binary_data_output: bool | None = Field(
+    binary_data_output: StrictBool | None = Field(
         None, description="default for every output's `binary_data`; tritonclient sets it when it names no outputs"
     )
 
