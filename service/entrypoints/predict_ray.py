@@ -24,8 +24,8 @@ import fnmatch
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,13 +146,15 @@ class Scorer:
         limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, share)
         self.threshold = threshold
         self.loop = asyncio.new_event_loop()
+        metrics = Metrics()
         self.pipeline = Pipeline(
-            settings, Metrics(), ServedModel.load(model_source(settings), settings, Metrics()),
-            _decode_pool(settings), limits,
+            settings, metrics, ServedModel.load(model_source(settings), settings, metrics),
+            ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode"), limits,
         )
         self.pipeline.warm_up()
         self.loop.run_until_complete(self.pipeline.start())
-        self.filesystems: dict[str, pafs.FileSystem] = {}
+        # One filesystem per scheme://authority (an S3 one resolves its bucket's region when made).
+        self.filesystems: dict[tuple[str, str], tuple[pafs.FileSystem, str]] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns = batch.to_pydict()
@@ -183,24 +185,18 @@ class Scorer:
     def _read_uri(self, uri: str) -> bytes | str:
         limit = self.pipeline.settings.max_file_bytes
         scheme, rest = uri.split("://", 1)
-        authority = f"{scheme}://{rest.split('/', 1)[0]}"
+        authority, _, key = rest.partition("/")
         try:
-            if authority not in self.filesystems:
-                self.filesystems[authority] = pafs.FileSystem.from_uri(uri)[0]
-            filesystem = self.filesystems[authority]
-            path = pafs.FileSystem.from_uri(uri)[1] if scheme == "file" else rest
+            if (scheme, authority) not in self.filesystems:
+                self.filesystems[(scheme, authority)] = pafs.FileSystem.from_uri(f"{scheme}://{authority}/")
+            filesystem, root = self.filesystems[(scheme, authority)]
+            path = f"{root.rstrip('/')}/{key}"
             if filesystem.get_file_info(path).size > limit:
                 return too_large(limit)
             with filesystem.open_input_file(path) as stream:
                 return stream.read()
         except (OSError, pa.ArrowInvalid) as exc:
             return f"cannot read the file: {exc}"
-
-
-def _decode_pool(settings: Settings) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
 
 
 @ray.remote(num_cpus=0)

@@ -83,6 +83,33 @@ def test_scoring_a_folder_on_the_cluster_equals_the_single_machine_cli(
             assert got["probability"] is None
 
 
+def test_a_uri_is_scored_through_its_pyarrow_filesystem_as_the_path_is(
+    ray_nodes: LocalCluster, folder: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    arguments = ["--model", str(tiny_model_path), "--ray", ray_nodes.cluster.address]
+    assert main([str(folder / "line-0"), "--out", str(tmp_path / "paths.csv"), *arguments]) == 0
+    assert main([f"file://{folder}/line-0", "--out", str(tmp_path / "uris.csv"), *arguments]) == 0
+
+    by_path = _rows(tmp_path / "paths.csv")
+    by_uri = _rows(tmp_path / "uris.csv")
+    assert [row["path"] for row in by_uri] == [f"file://{row['path']}" for row in by_path]
+    assert [row["probability"] for row in by_uri] == [row["probability"] for row in by_path]
+
+
+def test_uris_are_listed_as_the_cli_lists_paths(folder: Path) -> None:
+    from service.entrypoints.predict_ray import listing
+
+    local = [item["path"] for item in listing([str(folder / "line-1")])]
+    assert [item["path"] for item in listing([f"file://{folder}/line-1"])] == [f"file://{p}" for p in local]
+    globbed = [Path(item["path"]) for item in listing([f"file://{folder}/line-*/0[01]?.png"])]
+    assert sorted(path.name for path in globbed) == [f"{i:03d}.png" for i in range(20)]
+    assert globbed == sorted(globbed)
+    missing = listing([f"file://{folder}/none", f"file://{folder}/*.gif"])
+    assert [(item["path"], item["refused"]) for item in missing] == [
+        (f"file://{folder}/none", "no such file or folder"), (f"file://{folder}/*.gif", "the pattern matches no file"),
+    ]
+
+
 def test_ray_is_usage_error_when_it_swallows_a_path(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--ray", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "r.csv")])
