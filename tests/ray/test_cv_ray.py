@@ -79,14 +79,6 @@ def test_folds_run_on_both_nodes_and_report_what_one_process_reports(
     assert reported["epochs_reached_per_fold"] == {"1": EPOCHS, "2": EPOCHS}
 
 
-def test_ray_without_cv_is_a_usage_error() -> None:
-    from training import cli
-
-    with pytest.raises(SystemExit) as exited:
-        cli.parse_args(["--ray", "127.0.0.1:6379"])
-    assert exited.value.code == 2
-
-
 def test_a_fold_whose_node_is_lost_resumes_from_its_last_epoch_on_the_other(
     ray_nodes: LocalCluster, toy: Path, tmp_path: Path
 ) -> None:

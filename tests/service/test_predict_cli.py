@@ -92,3 +92,17 @@ def test_the_module_runs_as_a_command(folder: Path, tiny_model_path: Path, tmp_p
     assert completed.returncode == 0, completed.stderr
     assert "2 of 2 files classified" in completed.stderr
     assert len(_rows(out)) == 2
+
+
+def test_without_ray_nothing_of_ray_is_imported(folder: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys; from service.entrypoints.predict_cli import main; "
+        f"code = main([{str(folder / 'line-a')!r}, '--out', {str(tmp_path / 'r.csv')!r}]); "
+        "print(code, sorted({name.split('.')[0] for name in sys.modules} & {'ray', 'pyarrow', 'pandas'}))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env={"PATH": "/usr/bin:/bin", "MODEL_PATH": str(tiny_model_path),
+                                             "PYTHONPATH": str(Path.cwd())},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.stdout.split("\n")[0] == "0 []", completed.stderr
