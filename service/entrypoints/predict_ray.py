@@ -63,14 +63,12 @@ def is_uri(argument: str) -> bool:
 
 def expand_uri(argument: str) -> Iterator[tuple[str, str | None]]:
     """(URI, reason or None) for each file of a URI: a file, a folder (recursively) or a glob."""
-    scheme = argument.split("://", 1)[0]
-    pattern = None
+    scheme, rest = argument.split("://", 1)
+    pattern = argument if GLOB_CHARS & set(rest) else None
     base = argument
-    if GLOB_CHARS & set(argument.split("://", 1)[1]):
-        pattern = argument
-        head = argument.split("://", 1)[1]
-        cut = min(head.find(c) for c in GLOB_CHARS if c in head)
-        base = f"{scheme}://{head[:cut].rsplit('/', 1)[0]}"
+    if pattern is not None:  # listed from the folder above the first wildcard
+        cut = min(rest.find(c) for c in GLOB_CHARS if c in rest)
+        base = f"{scheme}://{rest[:cut].rsplit('/', 1)[0]}"
     try:
         filesystem, root = pafs.FileSystem.from_uri(base)
         info = filesystem.get_file_info(root)
@@ -84,8 +82,8 @@ def expand_uri(argument: str) -> Iterator[tuple[str, str | None]]:
     except (OSError, pa.ArrowInvalid) as exc:
         yield argument, f"cannot list it: {exc}"
         return
-    prefix = argument[: len(argument) - len(argument.split("://", 1)[1])]
-    files = sorted(prefix + entry.path.lstrip("/") if scheme != "file" else prefix + entry.path
+    # Each file's URI is the listed base's with the file's path below it.
+    files = sorted(f"{base.rstrip('/')}/{entry.path[len(root):].lstrip('/')}"
                    for entry in listed if entry.type == pafs.FileType.File)  # fmt: skip
     if pattern is not None:
         files = [file for file in files if fnmatch.fnmatchcase(file, pattern)]
