@@ -3,7 +3,8 @@
 The images go through the same pipeline as an HTTP request (decode pool, preprocessing, pixel limit,
 micro-batcher, model), so an offline run answers exactly what /predict would. A file that cannot be read
 or decoded gets a row with the reason and the run goes on; the exit status is 1 only when no file at all
-could be classified.
+could be classified. With `--ray [ADDRESS]` the same rows are scored on a Ray cluster
+(`service.entrypoints.predict_ray`, imported only then: Ray is an optional extra).
 """
 
 from __future__ import annotations

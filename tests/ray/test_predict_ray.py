@@ -86,9 +86,10 @@ def test_scoring_a_folder_on_the_cluster_equals_the_single_machine_cli(
 def test_a_uri_is_scored_through_its_pyarrow_filesystem_as_the_path_is(
     ray_nodes: LocalCluster, folder: Path, tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    arguments = ["--model", str(tiny_model_path), "--ray", ray_nodes.cluster.address]
-    assert main([str(folder / "line-0"), "--out", str(tmp_path / "paths.csv"), *arguments]) == 0
-    assert main([f"file://{folder}/line-0", "--out", str(tmp_path / "uris.csv"), *arguments]) == 0
+    model = ["--model", str(tiny_model_path)]
+    assert main([str(folder / "line-0"), "--out", str(tmp_path / "paths.csv"), *model]) == 0
+    assert main([f"file://{folder}/line-0", "--out", str(tmp_path / "uris.csv"), *model,
+                 "--ray", ray_nodes.cluster.address]) == 0  # fmt: skip
 
     by_path = _rows(tmp_path / "paths.csv")
     by_uri = _rows(tmp_path / "uris.csv")
