@@ -230,7 +230,8 @@ def score(settings: Settings, items: list[dict[str, str]], threshold: float | No
     scored = dataset.map_batches(
         Scorer, fn_constructor_kwargs={"settings": settings, "threshold": threshold, "cpus": ACTOR_CPUS},
         batch_size=group, batch_format="pyarrow", num_cpus=ACTOR_CPUS,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        # All at once (each loads the model once); fewer after a node is lost, while Ray restarts its actors.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
     )  # fmt: skip
     yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
 
