@@ -61,7 +61,6 @@ def test_scoring_a_folder_on_the_cluster_equals_the_single_machine_cli(
     arguments = _arguments(folder, tiny_model_path)
     assert main([*arguments, "--out", str(tmp_path / "one.csv")]) == 0
     assert main([*arguments, "--out", str(tmp_path / "ray.csv"), "--ray", ray_nodes.cluster.address]) == 0
-    assert main([*arguments, "--out", str(tmp_path / "ray.parquet"), "--ray", ray_nodes.cluster.address]) == 0
 
     expected = _rows(tmp_path / "one.csv")
     assert _rows(tmp_path / "ray.csv") == expected
@@ -73,28 +72,30 @@ def test_scoring_a_folder_on_the_cluster_equals_the_single_machine_cli(
     if not root:  # root reads a file whatever its mode
         assert errors["locked.png"] == "cannot read the file: Permission denied"
     assert len(expected) - len(errors) == 48 + 24 + root  # the folder's images, then the glob's again
-    table = pq.read_table(tmp_path / "ray.parquet")
-    assert tuple(table.column_names) == COLUMNS
-    for row, got in zip(expected, table.to_pylist(), strict=True):
-        assert (got["path"], got["label"] or "", got["error"] or "") == (row["path"], row["label"], row["error"])
-        if row["probability"]:
-            assert got["probability"] == pytest.approx(float(row["probability"]), abs=1e-6)
-        else:
-            assert got["probability"] is None
 
 
-def test_a_uri_is_scored_through_its_pyarrow_filesystem_as_the_path_is(
+def test_a_uri_is_scored_through_its_pyarrow_filesystem_into_parquet(
     ray_nodes: LocalCluster, folder: Path, tiny_model_path: Path, tmp_path: Path
 ) -> None:
     model = ["--model", str(tiny_model_path)]
-    assert main([str(folder / "line-0"), "--out", str(tmp_path / "paths.csv"), *model]) == 0
-    assert main([f"file://{folder}/line-0", "--out", str(tmp_path / "uris.csv"), *model,
-                 "--ray", ray_nodes.cluster.address]) == 0  # fmt: skip
+    assert main([str(folder / "line-0"), str(folder / "empty.png"), "--out", str(tmp_path / "one.csv"), *model]) == 0
+    assert main([f"file://{folder}/line-0", f"file://{folder}/empty.png", "--out", str(tmp_path / "ray.parquet"),
+                 *model, "--ray", ray_nodes.cluster.address]) == 0  # fmt: skip
 
-    by_path = _rows(tmp_path / "paths.csv")
-    by_uri = _rows(tmp_path / "uris.csv")
-    assert [row["path"] for row in by_uri] == [f"file://{row['path']}" for row in by_path]
-    assert [row["probability"] for row in by_uri] == [row["probability"] for row in by_path]
+    expected = _rows(tmp_path / "one.csv")
+    table = pq.read_table(tmp_path / "ray.parquet")
+    assert tuple(table.column_names) == COLUMNS
+    assert str(table.schema.field("probability").type) == "double"
+    got = table.to_pylist()
+    assert [row["path"] for row in got] == [f"file://{row['path']}" for row in expected]
+    for row, answer in zip(expected, got, strict=True):
+        assert (answer["label"] or "", answer["model_version"] or "", answer["error"] or "") == (
+            row["label"], row["model_version"], row["error"])
+        if row["probability"]:
+            assert answer["probability"] == pytest.approx(float(row["probability"]), abs=1e-6)
+        else:
+            assert answer["probability"] is None
+    assert got[-1]["error"] == "file 'empty.png': the file is empty"
 
 
 def test_uris_are_listed_as_the_cli_lists_paths(folder: Path) -> None:
