@@ -116,6 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(OUT/cv-screening.json) and stop; no final model")
     select.add_argument("--compare-with", type=Path,
                         help="an earlier model.onnx (with its .json): McNemar's test on the same held-out images")
+    cluster = p.add_argument_group("cluster (with --cv; docs/ray-offline.md)")
+    cluster.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                         help="run the folds as Ray tasks on the cluster at ADDRESS (`ray start --head` prints it; "
+                              "none: the one on this machine, else a new local one); the final fit stays here")
+    cluster.add_argument("--storage", type=Path,
+                         help="with --ray: a folder every node reaches at this path, for the folds' checkpoints "
+                              "(STORAGE/cv; cv_report --checkpoint-dir STORAGE reads it); default: the checkpoint dir")
+    cluster.add_argument("--fold-cpus", type=float, default=1.0,
+                         help="with --ray: CPUs Ray reserves for each fold, and TensorFlow's threads in it")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for model.onnx, model.json and plots")
     out.add_argument("--name", type=_model_name, default="seed-cnn",
@@ -147,6 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--cv needs at least 2 folds (0 turns it off)")
     if args.cv_only is not None and not (args.cv and 1 <= args.cv_only <= args.cv):
         p.error("--cv-only needs --cv K and a count between 1 and K")
+    if args.ray is not None and not args.cv:
+        p.error("--ray runs cross-validation folds: it needs --cv K")
+    if args.ray is None and (args.storage is not None or args.fold_cpus != 1.0):
+        p.error("--storage and --fold-cpus go with --ray")
+    if args.fold_cpus <= 0:
+        p.error("--fold-cpus must be positive")
     if not 0 <= args.jitter < 1:
         p.error("--jitter must be in [0, 1)")
     if not 0 < args.ema_momentum < 1:

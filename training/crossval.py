@@ -72,7 +72,7 @@ def fold_paths(root: Path, number: int) -> FoldPaths:
     return FoldPaths(root / f"fold-{number}")
 
 
-def _check_same_folds(root: Path, folds: list[Fold], resume: bool) -> None:
+def check_same_folds(root: Path, folds: list[Fold], resume: bool) -> None:
     record = root / "folds.json"
     wanted = {str(f.number): f.validation.tolist() for f in folds}
     if resume and record.exists() and json.loads(record.read_text()) != wanted:
@@ -102,38 +102,50 @@ def run_folds(
     No validation-based choice happens inside a fold: the schedule runs to its end and every epoch's
     out-of-fold probabilities are kept, so the choice is made afterwards over all folds at once.
     """
-    _check_same_folds(root, folds, settings.resume)
+    check_same_folds(root, folds, settings.resume)
     chosen = folds[:only] if only else folds
     for fold in chosen:
-        paths = fold_paths(root, fold.number)
-        if settings.resume and paths.done.exists():
+        if settings.resume and fold_paths(root, fold.number).done.exists():
             log.info("fold %d of %d already done", fold.number, len(folds))
             continue
-        if not settings.resume:
-            for stale in (paths.predictions, paths.raw_predictions, paths.flips, paths.recalibrated, paths.done):
-                stale.unlink(missing_ok=True)
-        log.info("fold %d of %d: %d training, %d out-of-fold images",
-                 fold.number, len(folds), len(fold.train), len(fold.validation))
-        # One model per fold: free the last one's graph (clear_session also resets the dtype policy).
-        policy = keras.mixed_precision.global_policy()
-        keras.backend.clear_session()
-        keras.mixed_precision.set_global_policy(policy)
-        keras.utils.set_random_seed(settings.seed + fold.number)
-        model = build_model()
-        held_back = data.subset(fold.validation)
-        fitted = data.subset(fold.train)
-        fit(model, fitted, None, replace(settings, keep="last", seed=settings.seed + fold.number),
-            paths.checkpoints,
-            extra_callbacks=[EpochPredictions(held_back.x, paths.predictions, paths.raw_predictions,
-                                              calibration_x=_spread_sample(fitted.x, CALIBRATION_IMAGES))])
-        # fit() has left the averaged weights (if any) in the model; these measure the last epoch's variants.
-        np.save(paths.flips, flip_averaged_predict(model, held_back.x)[:, 0].astype(np.float32))
-        recalibrate_batchnorm(model, fitted.x)
-        plain = model.predict(held_back.x, batch_size=64, verbose=0)[:, 0]
-        flips = flip_averaged_predict(model, held_back.x)[:, 0]
-        np.save(paths.recalibrated, np.stack([plain, flips]).astype(np.float32))
-        paths.done.write_text("")
+        run_fold(data, fold, len(folds), settings, root, build_model)
     return [fold.number for fold in chosen]
+
+
+def run_fold(
+    data: LabelledImages,
+    fold: Fold,
+    total: int,
+    settings: FitSettings,
+    root: Path,
+    build_model: Callable[[], keras.Model],
+) -> None:
+    """One fold, fitted in this process: its out-of-fold predictions per epoch, then `done`."""
+    paths = fold_paths(root, fold.number)
+    if not settings.resume:
+        for stale in (paths.predictions, paths.raw_predictions, paths.flips, paths.recalibrated, paths.done):
+            stale.unlink(missing_ok=True)
+    log.info("fold %d of %d: %d training, %d out-of-fold images",
+             fold.number, total, len(fold.train), len(fold.validation))
+    # One model per fold: free the last one's graph (clear_session also resets the dtype policy).
+    policy = keras.mixed_precision.global_policy()
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(settings.seed + fold.number)
+    model = build_model()
+    held_back = data.subset(fold.validation)
+    fitted = data.subset(fold.train)
+    fit(model, fitted, None, replace(settings, keep="last", seed=settings.seed + fold.number),
+        paths.checkpoints,
+        extra_callbacks=[EpochPredictions(held_back.x, paths.predictions, paths.raw_predictions,
+                                          calibration_x=_spread_sample(fitted.x, CALIBRATION_IMAGES))])
+    # fit() has left the averaged weights (if any) in the model; these measure the last epoch's variants.
+    np.save(paths.flips, flip_averaged_predict(model, held_back.x)[:, 0].astype(np.float32))
+    recalibrate_batchnorm(model, fitted.x)
+    plain = model.predict(held_back.x, batch_size=64, verbose=0)[:, 0]
+    flips = flip_averaged_predict(model, held_back.x)[:, 0]
+    np.save(paths.recalibrated, np.stack([plain, flips]).astype(np.float32))
+    paths.done.write_text("")
 
 
 def _scores(y: np.ndarray, probability: np.ndarray, threshold: float) -> dict:

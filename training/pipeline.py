@@ -83,10 +83,15 @@ def cross_validate(args: argparse.Namespace, loaded: Loaded, settings: FitSettin
     from training.crossval import run_folds, summarize
     from training.folds import stratified_folds
 
-    root = checkpoint_paths(args).root / "cv"
+    root = cv_root(args)
     folds = stratified_folds(loaded.parts.train, args.cv, args.seed)
     if args.export_only:  # the folds ran before: read what they measured, fit nothing
         numbers = [fold.number for fold in folds[: args.cv_only or len(folds)]]
+    elif getattr(args, "ray", None) is not None:
+        from training.cv_ray import run_folds_on_ray
+
+        numbers = run_folds_on_ray(loaded.parts.train, folds, settings, root, lambda: build_model(args),
+                                   only=args.cv_only, address=args.ray or None, fold_cpus=args.fold_cpus)
     else:
         numbers = run_folds(loaded.parts.train, folds, settings, root, lambda: build_model(args), only=args.cv_only)
     selection = summarize(loaded.parts.train, folds, root, numbers)
@@ -97,6 +102,12 @@ def cross_validate(args: argparse.Namespace, loaded: Loaded, settings: FitSettin
     })  # fmt: skip
     log.info("out of fold: %s", json.dumps(selection.summary))
     return selection
+
+
+def cv_root(args: argparse.Namespace) -> Path:
+    """Where the folds write: --storage (reached by every node) with --ray, else CHECKPOINT_DIR/cv."""
+    storage = getattr(args, "storage", None)
+    return (storage or checkpoint_paths(args).root) / "cv"
 
 
 def checkpoint_paths(args: argparse.Namespace) -> CheckpointPaths:

@@ -3,7 +3,8 @@
 The images go through the same pipeline as an HTTP request (decode pool, preprocessing, pixel limit,
 micro-batcher, model), so an offline run answers exactly what /predict would. A file that cannot be read
 or decoded gets a row with the reason and the run goes on; the exit status is 1 only when no file at all
-could be classified.
+could be classified. With `--ray [ADDRESS]` the same rows are scored on a Ray cluster
+(`service.entrypoints.predict_ray`, imported only then: Ray is an optional extra).
 """
 
 from __future__ import annotations
@@ -62,21 +63,34 @@ def expand(arguments: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
             yield path, "no such file or folder"
 
 
+def too_large(max_file_bytes: int) -> str:
+    return f"the file is larger than the {max_file_bytes}-byte limit"
+
+
+def cannot_read(exc: OSError) -> str:
+    return f"cannot read the file: {exc.strerror}"
+
+
 async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None) -> Row:
     try:
         size = path.stat().st_size
         if size > pipeline.settings.max_file_bytes:
-            return Row(str(path), error=f"the file is larger than the {pipeline.settings.max_file_bytes}-byte limit")
+            return Row(str(path), error=too_large(pipeline.settings.max_file_bytes))
         data = path.read_bytes()
     except OSError as exc:
-        return Row(str(path), error=f"cannot read the file: {exc.strerror}")
+        return Row(str(path), error=cannot_read(exc))
+    return await classify_bytes(pipeline, str(path), path.name, data, threshold)
+
+
+async def classify_bytes(pipeline: Pipeline, shown: str, name: str, data: bytes, threshold: float | None) -> Row:
+    """One file's bytes -> its row (`shown` is the path as the row names it, `name` the file name)."""
     try:
-        answer = await pipeline.answer([EncodedImage(path.name, data)], pipeline.deadline())
+        answer = await pipeline.answer([EncodedImage(name, data)], pipeline.deadline())
     except (ImageError, ServiceError) as exc:
-        return Row(str(path), error=str(exc))
+        return Row(shown, error=str(exc))
     (probability,) = answer.probabilities
     label = label_for(probability, pipeline.threshold(threshold), answer.model.classifier.metadata.class_names)
-    return Row(str(path), probability, label, answer.model.version)
+    return Row(shown, probability, label, answer.model.version)
 
 
 async def classify_paths(
@@ -116,9 +130,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="the CSV to write (path, probability, label, ...)")
     parser.add_argument("--model", type=Path, help="ONNX model (default: MODEL_PATH / MODEL_DIR settings)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: THRESHOLD, else the model's)")
+    parser.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="score on a Ray cluster (Ray Data, the ray extra): ADDRESS as `ray start --head` prints it, 'auto' "
+             "for the cluster this machine belongs to, none to join or start one here; --out may end in .parquet "
+             "(docs/ray-offline.md)",
+    )
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         parser.error(f"--threshold must lie in 0..1, not {args.threshold}")
+    if args.ray and args.ray not in ("auto", "local") and ":" not in args.ray:
+        # nargs="?" takes the next word: `predict --ray images/` would read the folder as the address.
+        parser.error(f"--ray took {args.ray!r} as the cluster address (host:port, ray://host:port or auto); "
+                     "put --ray after the paths, or write --ray=ADDRESS")
     return args
 
 
@@ -126,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {"model_path": args.model, "model_dir": None} if args.model else {}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if args.ray is not None:
+        # Imported only here: Ray is an optional extra, and without --ray nothing of it loads.
+        from service.entrypoints.predict_ray import run_on_ray
+
+        return run_on_ray(settings, args.paths, args.threshold, args.out, args.ray or None)
     found = list(expand(args.paths))
     try:
         rows = asyncio.run(run(settings, found, args.threshold))

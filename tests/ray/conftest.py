@@ -45,9 +45,9 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[LocalCluster]:
+def ray_nodes() -> Iterator[LocalCluster]:
+    """The two nodes with this process connected as the driver; no Serve (the offline jobs need none)."""
     ray = pytest.importorskip("ray", reason=NO_RAY)
-    from ray import serve
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -58,11 +58,21 @@ def ray_cluster() -> Iterator[LocalCluster]:
         worker = cluster.add_node(**NODE_ARGS)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-        port = free_port()
-        # The proxy on the head only: clients keep one address when the worker node goes away.
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        yield LocalCluster(cluster, worker, port)
+        yield LocalCluster(cluster, worker, 0)
     finally:
-        serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_nodes: LocalCluster) -> Iterator[LocalCluster]:
+    """The two nodes with Ray Serve started, its HTTP proxy on the head only."""
+    from ray import serve
+
+    port = free_port()
+    # The proxy on the head only: clients keep one address when the worker node goes away.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield LocalCluster(ray_nodes.cluster, ray_nodes.worker, port)
+    finally:
+        serve.shutdown()

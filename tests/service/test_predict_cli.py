@@ -106,3 +106,17 @@ def test_a_missing_model_is_one_line_saying_how_to_set_model_path(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("predict: error: model file")
     assert "set MODEL_PATH to a model.onnx with its model.json beside it" in line
+
+
+def test_without_ray_nothing_of_ray_is_imported(folder: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys; from service.entrypoints.predict_cli import main; "
+        f"code = main([{str(folder / 'line-a')!r}, '--out', {str(tmp_path / 'r.csv')!r}]); "
+        "print(code, sorted({name.split('.')[0] for name in sys.modules} & {'ray', 'pyarrow', 'pandas'}))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env={"PATH": "/usr/bin:/bin", "MODEL_PATH": str(tiny_model_path),
+                                             "PYTHONPATH": str(Path.cwd())},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.stdout.split("\n")[0] == "0 []", completed.stderr
