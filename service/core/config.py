@@ -139,14 +139,25 @@ class LimitSettings(BaseSettings):
     decode_memory_wait_s: float = Field(
         2.0, ge=0, description="how long a decode may wait for budget (never past the request deadline), then 503"
     )
+    # A 12 MP JPEG estimates 53 MB (decoded at 1/8 scale), a 64 MP PNG 423 MB: photos stay in the common lane.
+    large_image_bytes: int = Field(
+        100 * 1000 * 1000, ge=1, description="estimated decode memory over which an image decodes in the large lane"
+    )
 
     auto_limits = field_validator("max_pixels", "decode_memory_budget_bytes", mode="before")(_auto)
 
 
 class BatchingSettings(BaseSettings):
-    """How images reach the engine together."""
+    """How images reach the engine: one at a time on the thread that decoded them, or batched."""
 
     model_config = _CONFIG
+
+    request_path: Literal["auto", "direct", "batched"] = Field(
+        "auto", description="auto = batched only when the served model's batches measure BATCHING_MIN_GAIN at load"
+    )
+    batching_min_gain: float = Field(
+        1.25, gt=0, description="batch MAX_BATCH_SIZE images/s over batch 1's at which auto batches"
+    )
 
     max_batch_size: int = Field(8, ge=1, le=256, description="images run by the engine at once")
     # 0 s batches only what queued while the previous batch ran.
@@ -165,7 +176,10 @@ class ThreadSettings(BaseSettings):
     # helps the model alone but starves the decode threads on a small box: photo throughput halved.
     ort_cpu_mem_arena: bool = Field(True, description="reuse activation buffers between batches")
     ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
-    decode_threads: int | None = Field(None, ge=1, description="threads decoding uploads; auto")
+    decode_threads: int | None = Field(
+        None, ge=1, description="threads decoding uploads (and, on the direct path, running them); auto"
+    )
+    large_lane_threads: int = Field(1, ge=1, description="threads decoding images over LARGE_IMAGE_BYTES")
 
     auto_threads = field_validator("ort_intra_op_threads", "decode_threads", mode="before")(_auto)
 

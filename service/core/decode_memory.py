@@ -1,7 +1,7 @@
 """A memory budget for decoding: each upload's estimated peak is reserved before its decode starts.
 
-The pixel limit alone bounds pixels, not bytes: one 265 KB PNG of 64 M nearly uniform RGBA pixels took
-1.2 GB to decode before issue 12 and OOM-killed a `--memory 1g` container. Here decodes are admitted only
+The pixel limit alone bounds pixels, not bytes: one 265 KB PNG of 64 M nearly uniform RGBA pixels takes
+1.2 GB to decode, and with only the pixel limit it OOM-killed a `--memory 1g` container. Here decodes are admitted only
 while the sum of their estimates (service.core.preprocessing.estimate_decode_bytes, an upper bound measured
 per format in BENCHMARKS.md) stays within a budget that follows the container's memory limit.
 """
@@ -16,9 +16,6 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-from PIL import Image
-
 from service.core.failures import OverloadedError
 from service.core.preprocessing import (
     DECODE_OVERHEAD_BYTES,
@@ -26,9 +23,6 @@ from service.core.preprocessing import (
     STRIP_BYTES_PER_PIXEL,
     STRIP_PIXELS,
     ImageTooLargeError,
-    estimate_decode_bytes,
-    open_image,
-    preprocess_image,
 )
 
 T = TypeVar("T")
@@ -111,7 +105,7 @@ class DecodeBudget:
     def in_use(self) -> int:
         return self._in_use
 
-    def _check_fits_alone(self, nbytes: int) -> None:
+    def check_fits_alone(self, nbytes: int) -> None:
         if nbytes > self.limit_bytes:
             raise DecodeMemoryError(
                 f"decoding it needs an estimated {nbytes / MB:.0f} MB, more than the whole decode memory budget "
@@ -128,12 +122,12 @@ class DecodeBudget:
 
     def try_acquire(self, nbytes: int) -> bool:
         """Reserves nbytes now if they fit, from any thread; False when the caller must wait (acquire)."""
-        self._check_fits_alone(nbytes)
+        self.check_fits_alone(nbytes)
         return self._take(nbytes)
 
     async def acquire(self, nbytes: int, deadline: float | None = None) -> None:
         """Reserves nbytes, waiting for releases until min(deadline, now + max_wait_s) (loop time)."""
-        self._check_fits_alone(nbytes)
+        self.check_fits_alone(nbytes)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.max_wait_s
         if deadline is not None:
@@ -187,63 +181,3 @@ class DecodeBudget:
 
         job.add_done_callback(done)
         return await asyncio.wrap_future(job)
-
-
-def _preprocess_and_close(image: Image.Image) -> np.ndarray:
-    with image:
-        return preprocess_image(image)
-
-
-@dataclass(frozen=True)
-class _NoRoom:
-    """The budget was full when the decode thread asked: the event loop waits for room, then decodes."""
-
-    image: Image.Image
-    nbytes: int
-
-
-def _decode_if_room(
-    budget: DecodeBudget, loop: asyncio.AbstractEventLoop, data: bytes, max_pixels: int
-) -> np.ndarray | _NoRoom:
-    """On a decode thread: header, estimate, and the decode itself when the budget has room now."""
-    image = open_image(data, max_pixels)
-    try:
-        nbytes = estimate_decode_bytes(image)
-        reserved = budget.try_acquire(nbytes)
-    except BaseException:
-        image.close()
-        raise
-    if not reserved:
-        return _NoRoom(image, nbytes)
-    try:
-        return _preprocess_and_close(image)
-    finally:
-        # Released when the decode really ends, whether or not its caller still waits.
-        with suppress(RuntimeError):  # the loop is closed: nothing is left to admit
-            loop.call_soon_threadsafe(budget.release, nbytes)
-
-
-async def decode_within_budget(
-    budget: DecodeBudget, executor: Executor, data: bytes, max_pixels: int, deadline: float | None
-) -> np.ndarray:
-    """Image bytes -> model input, the decode admitted by the budget: header, estimate, reserve, decode, release.
-
-    One trip to a decode thread when the budget has room (the common case): the header, the estimate, the
-    reservation and the decode run there together. Before, the header and the decode were two trips with the
-    reservation on the event loop between them: one queue hand-off and one event-loop wake-up more per image.
-    On its own that moved no benchmark beyond the run-to-run spread (BENCHMARKS.md, runs 4-6). Only when the
-    budget is full does the caller wait on the event loop and then decode in a second trip.
-
-    Raises the ImageError family (DecodeMemoryError, a 413, when the image alone is over the budget) and
-    DecodeBusyError (503) when the budget stays full past its wait.
-    """
-    loop = asyncio.get_running_loop()
-    decoded = await loop.run_in_executor(executor, _decode_if_room, budget, loop, data, max_pixels)
-    if not isinstance(decoded, _NoRoom):
-        return decoded
-    try:
-        await budget.acquire(decoded.nbytes, deadline)
-    except BaseException:
-        decoded.image.close()
-        raise
-    return await budget.run_reserved(executor, decoded.nbytes, _preprocess_and_close, decoded.image)

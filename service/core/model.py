@@ -151,6 +151,10 @@ class Classifier:
         """(N, 100, 100, 1) float32 raw pixels -> (N,) positive-class probabilities."""
         return self.engine.run(batch)
 
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """As predict, safe from many threads at once (the direct request path)."""
+        return self.engine.infer(batch)
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Runs each batch size once so the first user request does not pay for allocation. A file that loads
         but fails when run (a Reshape that cannot hold) fails here, as ModelLoadError naming the file."""

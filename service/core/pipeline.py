@@ -1,7 +1,9 @@
 """The request pipeline, free of any web framework: encoded images in, probabilities out.
 
-decode (a bounded thread pool running the shared preprocessing, each decode within the memory budget) ->
-predict (the served version's micro-batcher in front of its engine). Every door calls it: /predict,
+Each image is decoded by the shared preprocessing in a lane chosen by its estimated cost, within the memory
+budget (`service.core.lanes`), then run by the served version: on the same thread when batches do not pay for
+its engine (the direct path, `service.core.direct`), else through its micro-batcher (`service.core.request_path`
+chooses at load). Every door calls it: /predict,
 /explain and /preprocess, the Open Inference Protocol (`service.edge.routes.v2`), the `predict` folder CLI and the Ray
 Serve ingress. Failures are domain errors (`service.core.failures`, `service.core.preprocessing.ImageError`) that each
 door turns into its own status codes.
@@ -11,31 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from service.core import request_path
 from service.core.assembly import load_classifier, model_source, version_name
 from service.core.batching import MicroBatcher
 from service.core.config import Settings
 from service.core.cpu import available_cpus
-from service.core.decode_memory import (
-    DecodeBudget,
-    DecodeBusyError,
-    DecodeLimits,
-    decode_limits,
-    decode_within_budget,
-)
+from service.core.decode_memory import DecodeBudget, DecodeBusyError, DecodeLimits, decode_limits
+from service.core.direct import DirectPredictor
 from service.core.failures import BusyError, OverloadedError, ReloadRefusedError, one_line
 from service.core.input_stats import DriftMonitor
+from service.core.lanes import Lanes, Processed, process
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import Classifier, ModelLoadError, serving_batch_sizes
 from service.core.preprocessing import ImageError
 from service.core.reloads import PollMemory
+from service.core.request_path import PathChoice
 from service.core.versions import ModelRepository, ModelSource
 
 log = logging.getLogger(__name__)
@@ -79,25 +79,41 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded version with its own batcher, so a request admitted to it is answered by it even while a
-    newer version takes over (the old batcher drains what it admitted, then stops)."""
+    """One loaded version with its own predictor (direct or batcher), so a request admitted to it is answered by
+    it even while a newer version takes over (the old predictor drains what it admitted, then stops)."""
 
     classifier: Classifier
     version: str
     batcher: Predictor
+    path: PathChoice | None = None
 
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
+        """Loads, checks and warms the version, then measures which request path it gets."""
         classifier = load_classifier(source, settings)
         version = version_name(source, classifier)
-        batcher = MicroBatcher(
-            classifier.predict,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_s,
-            max_queue=settings.max_queue_images,
-            on_batch=metrics.observe_batch,
-        )
-        return cls(classifier, version, batcher)
+        classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # a file that fails when run: ModelLoadError
+        choice = request_path.choose(settings, classifier.infer, classifier.predict)
+        predictor: Predictor
+        if choice.path == "direct":
+            predictor = DirectPredictor(
+                classifier.infer, max_in_flight=settings.max_queue_images,
+                threads=settings.decode_threads or available_cpus(), on_batch=metrics.observe_batch,
+            )
+        else:
+            predictor = MicroBatcher(
+                classifier.predict,
+                max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_batch_wait_s,
+                max_queue=settings.max_queue_images,
+                on_batch=metrics.observe_batch,
+            )
+        return cls(classifier, version, predictor, choice)
+
+    @property
+    def direct(self) -> DirectPredictor | None:
+        """The direct path's predictor, when this version runs each image on the thread that decoded it."""
+        return self.batcher if isinstance(self.batcher, DirectPredictor) else None
 
     def warm_up(self, max_batch_size: int) -> float:
         return self.classifier.warm_up(serving_batch_sizes(max_batch_size))
@@ -123,6 +139,9 @@ class Pipeline:
         # Decodes are admitted within a memory budget that follows the container's limit (RELIABILITY.md).
         self.limits = limits
         self.budget = DecodeBudget(limits.decode_memory_budget_bytes, settings.decode_memory_wait_s)
+        # Images whose decode is estimated large wait here, never in front of the small ones (service.core.lanes).
+        self.large_lane = ThreadPoolExecutor(max_workers=settings.large_lane_threads, thread_name_prefix="decode-large")
+        self.lanes = Lanes(decoder, self.large_lane, self.budget, limits.max_pixels, settings.large_image_bytes)
         self._reload_lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -156,7 +175,7 @@ class Pipeline:
         return self.model.classifier
 
     @property
-    def batcher(self) -> MicroBatcher:
+    def batcher(self) -> Predictor:
         return self.model.batcher
 
     @property
@@ -192,10 +211,11 @@ class Pipeline:
             await self._stop_step("the batcher", self.model.batcher.stop())
             for drain in list(self._draining):
                 await self._stop_step(drain.get_name(), drain)
-        try:
-            self.decoder.shutdown(wait=True)
-        except Exception as exc:  # shutdown goes on; logged with its traceback
-            log.error("stopping the decode pool failed: %s", one_line(exc), exc_info=exc)
+        for pool in (self.decoder, self.large_lane):
+            try:
+                pool.shutdown(wait=True)
+            except Exception as exc:  # shutdown goes on; logged with its traceback
+                log.error("stopping the decode pool failed: %s", one_line(exc), exc_info=exc)
 
     async def _stop_step(self, what: str, step: Awaitable[object]) -> None:
         try:
@@ -291,32 +311,66 @@ class Pipeline:
 
     async def answer(self, images: Sequence[EncodedImage], deadline: float) -> Answer:
         """As classify, with the model version that answered (all images of a call go to one version)."""
-        arrays = await self.decode(images, deadline)
-        return await self.predict_with_model(arrays, deadline)
+        model = self.model
+        direct = model.direct
+        if direct is None:
+            arrays = await self.decode(images, deadline)
+            return await self.predict_with_model(arrays, deadline)
+        try:
+            direct.admit(len(images))
+        except OverloadedError as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise self.busy(f"overloaded ({exc})") from exc
+        try:
+            processed = await self._process(images, deadline, direct.run_one)
+        finally:
+            direct.release(len(images))
+            self.metrics.queue_depth.set(direct.queued)
+        probabilities: list[float] = [p.result for p in processed]  # type: ignore[misc]
+        self._observe([p.array for p in processed], probabilities)
+        return Answer(probabilities, model)
 
     async def decode(self, images: Sequence[EncodedImage], deadline: float) -> list[np.ndarray]:
-        """Runs the shared preprocessing off the event loop, each decode within the memory budget; the first
-        bad image fails the whole call."""
-        jobs = [
-            decode_within_budget(self.budget, self.decoder, image.data, self.limits.max_pixels, deadline)
-            for image in images
-        ]
+        """Runs the shared preprocessing off the event loop, each decode within the memory budget in the lane its
+        cost calls for; the first bad image fails the whole call."""
+        return [p.array for p in await self._process(images, deadline, None)]
+
+    async def _process(
+        self, images: Sequence[EncodedImage], deadline: float, then: Callable[[np.ndarray], float] | None
+    ) -> list[Processed[float]]:
+        """Every image through its lane (and `then` on the thread that decoded it), within the deadline."""
         try:
             async with asyncio.timeout_at(deadline):
-                results = await asyncio.gather(*jobs, return_exceptions=True)
+                if len(images) == 1:  # most requests: no task per image, no gather
+                    try:
+                        return [await process(self.lanes, images[0].data, deadline, then)]
+                    except (ImageError, DecodeBusyError) as exc:
+                        raise self._failure(images[0], exc) from exc
+                results = await asyncio.gather(
+                    *(process(self.lanes, image.data, deadline, then) for image in images), return_exceptions=True
+                )
         except TimeoutError as exc:
-            raise self.busy("decoding took too long") from exc
+            raise self.busy("the request did not finish in time" if then else "decoding took too long") from exc
         for image, result in zip(images, results, strict=True):
-            if isinstance(result, ImageError):
-                self.metrics.rejected.labels(type(result).__name__).inc()
-                # Same type, so each door maps it as before; the message says which file.
-                raise type(result)(f"{image.name_for_errors}: {result}") from result
-            if isinstance(result, DecodeBusyError):
-                self.metrics.rejected.labels("decode_memory_busy").inc()
-                raise self.busy(str(result)) from result
+            if isinstance(result, (ImageError, DecodeBusyError)):
+                raise self._failure(image, result) from result
             if isinstance(result, BaseException):
                 raise result
-        return list(results)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    def _failure(self, image: EncodedImage, exc: ImageError | DecodeBusyError) -> Exception:
+        """A bad image keeps its type (each door maps it as before) and says which file; a full budget is busy."""
+        if isinstance(exc, DecodeBusyError):
+            self.metrics.rejected.labels("decode_memory_busy").inc()
+            return self.busy(str(exc))
+        self.metrics.rejected.labels(type(exc).__name__).inc()
+        return type(exc)(f"{image.name_for_errors}: {exc}")
+
+    def _observe(self, arrays: Sequence[np.ndarray], probabilities: Sequence[float]) -> None:
+        """Served inputs and answers into the drift metrics."""
+        if arrays:
+            statistics = self.drift.observe(arrays, probabilities, self.threshold())
+            self.metrics.observe_inputs(statistics)
 
     async def predict(
         self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
@@ -341,9 +395,8 @@ class Pipeline:
             raise self.busy(str(exc), type(exc)) from exc
         finally:
             self.metrics.queue_depth.set(model.batcher.queued)
-        if arrays and served_inputs:
-            statistics = self.drift.observe(arrays, probabilities, self.threshold())
-            self.metrics.observe_inputs(statistics)
+        if served_inputs:
+            self._observe(arrays, probabilities)
         return Answer(probabilities, model)
 
     def busy(self, why: str, kind: type[BusyError] = BusyError) -> BusyError:

@@ -24,7 +24,6 @@ from service.core.decode_memory import (
     DecodeBusyError,
     DecodeMemoryError,
     decode_limits,
-    decode_within_budget,
     pixels_within,
 )
 from service.core.preprocessing import ImageTooLargeError, estimate_decode_bytes, open_image
@@ -217,73 +216,3 @@ def test_model_card_states_the_decode_limits(make_client: Callable[..., TestClie
     card = make_client(DECODE_MEMORY_BUDGET_BYTES=300_000_000).get("/model").json()
     assert card["limits"]["decode_memory_budget_bytes"] == 300_000_000
     assert card["limits"]["max_pixels"] == pixels_within(300_000_000)
-
-
-class CountingExecutor(ThreadPoolExecutor):
-    def __init__(self) -> None:
-        super().__init__(1)
-        self.trips = 0
-
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
-        self.trips += 1
-        return super().submit(*args, **kwargs)
-
-
-def test_a_decode_with_room_in_the_budget_takes_one_trip_to_a_decode_thread() -> None:
-    async def scenario() -> tuple[int, int, tuple[int, ...]]:
-        budget = DecodeBudget(GiB, max_wait_s=0)
-        with CountingExecutor() as executor:
-            array = await decode_within_budget(budget, executor, gray_png(40, (30, 20)), DEFAULT_MAX_PIXELS, None)
-            await asyncio.sleep(0.01)  # the release is handed to the event loop
-            return executor.trips, budget.in_use, array.shape
-
-    assert run(scenario()) == (1, 0, (100, 100, 1))
-
-
-def test_a_decode_without_room_waits_on_the_event_loop_then_decodes() -> None:
-    data = gray_png(40, (30, 20))
-    with open_image(data) as image:
-        needed = estimate_decode_bytes(image)
-
-    async def scenario() -> tuple[int, int]:
-        budget = DecodeBudget(needed, max_wait_s=TIMEOUT_S)
-        await budget.acquire(needed)  # another decode holds all of it
-        with CountingExecutor() as executor:
-            decoding = asyncio.create_task(decode_within_budget(budget, executor, data, DEFAULT_MAX_PIXELS, None))
-            await asyncio.sleep(0.1)
-            assert not decoding.done()
-            budget.release(needed)
-            await decoding
-            await asyncio.sleep(0.01)
-            return executor.trips, budget.in_use
-
-    assert run(scenario()) == (2, 0)
-
-
-def test_a_cancelled_caller_of_a_one_trip_decode_keeps_its_reservation_until_the_thread_ends(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    started, finish = threading.Event(), threading.Event()
-    decode = decode_memory._preprocess_and_close
-
-    def slow(image: Image.Image) -> Any:
-        started.set()
-        finish.wait(TIMEOUT_S)
-        return decode(image)
-
-    monkeypatch.setattr(decode_memory, "_preprocess_and_close", slow)
-
-    async def scenario() -> None:
-        budget = DecodeBudget(GiB, max_wait_s=0)
-        with ThreadPoolExecutor(1) as executor:
-            caller = asyncio.create_task(
-                decode_within_budget(budget, executor, gray_png(40, (30, 20)), DEFAULT_MAX_PIXELS, None)
-            )
-            await asyncio.to_thread(started.wait, TIMEOUT_S)
-            caller.cancel()  # the request timed out; its decode thread runs on
-            await asyncio.sleep(0.05)
-            assert budget.in_use > 0
-            finish.set()
-            assert await released(budget)
-
-    run(scenario())

@@ -30,6 +30,10 @@ class Engine(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """As run, safe from many threads at once (the direct request path runs one image per worker thread)."""
+        ...
+
     def describe(self) -> dict[str, object]: ...
 
 

@@ -1,0 +1,143 @@
+"""Decoding in two lanes by estimated cost, each decode within the memory budget, optionally running the model
+on the same thread.
+
+An image whose estimated decode memory (the header's width x height x bytes per pixel, as the budget reads it)
+is over LARGE_IMAGE_BYTES is decoded in the large lane, a pool of LARGE_LANE_THREADS threads; every other image
+in the common lane. Measured before the lanes (BENCHMARKS.md): four clients posting ELPV cells had p99 55 ms
+alone and 16.6 s beside two clients sending 16 x 64 MP PNGs, because every decode waited in one
+first-come-first-served pool. Now a large image costs the common lane one header read, then waits in its own
+lane (at most until its deadline: 503 with Retry-After), and small images never queue behind it.
+
+One trip per image in the common case: the header, the estimate, the reservation, the decode and (on the direct
+path) the inference run together on one thread. Only a large image, or one that finds the budget full, takes
+a second trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from service.core.decode_memory import DecodeBudget
+from service.core.preprocessing import estimate_decode_bytes, open_image, preprocess_image
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Processed(Generic[T]):
+    """One image's model input and what `then` made of it on the same thread (its probability, or None)."""
+
+    array: np.ndarray
+    result: T | None
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """The two decode pools and the limits they share; built once per process by the pipeline."""
+
+    common: Executor
+    large: Executor
+    budget: DecodeBudget
+    max_pixels: int
+    large_image_bytes: int
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """The header was read on a common-lane thread; the decode itself goes elsewhere (the large lane) or later
+    (when the budget has room)."""
+
+    image: Image.Image
+    nbytes: int
+    large: bool
+
+
+def _decode_and_then(
+    image: Image.Image, nbytes: int, budget: DecodeBudget, loop: asyncio.AbstractEventLoop,
+    then: Callable[[np.ndarray], T] | None,
+) -> Processed[T]:
+    """On a lane thread with nbytes reserved: decode, release the reservation, then run `then`."""
+    try:
+        with image:
+            array = preprocess_image(image)
+    finally:
+        # Released as soon as the decode ends (before any inference), whether or not its caller still waits.
+        with suppress(RuntimeError):  # the loop is closed: nothing is left to admit
+            loop.call_soon_threadsafe(budget.release, nbytes)
+    return Processed(array, then(array) if then is not None else None)
+
+
+def _open(
+    data: bytes, lanes: Lanes, loop: asyncio.AbstractEventLoop, then: Callable[[np.ndarray], T] | None
+) -> Processed[T] | _Deferred:
+    """On a common-lane thread: header, estimate, and everything else here when the image is small and the
+    budget has room now."""
+    image = open_image(data, lanes.max_pixels)
+    try:
+        nbytes = estimate_decode_bytes(image)
+        large = nbytes > lanes.large_image_bytes
+        if large:
+            lanes.budget.check_fits_alone(nbytes)  # a 413 needs no trip to the large lane
+            return _Deferred(image, nbytes, large=True)
+        if not lanes.budget.try_acquire(nbytes):
+            return _Deferred(image, nbytes, large=False)
+    except BaseException:
+        image.close()
+        raise
+    return _decode_and_then(image, nbytes, lanes.budget, loop, then)
+
+
+def _reserve_now(
+    deferred: _Deferred, lanes: Lanes, loop: asyncio.AbstractEventLoop, then: Callable[[np.ndarray], T] | None
+) -> Processed[T] | _Deferred:
+    """On a large-lane thread: the decode when the budget has room now, else back to the event loop to wait."""
+    try:
+        reserved = lanes.budget.try_acquire(deferred.nbytes)
+    except BaseException:
+        deferred.image.close()
+        raise
+    if not reserved:
+        return deferred
+    return _decode_and_then(deferred.image, deferred.nbytes, lanes.budget, loop, then)
+
+
+async def process(
+    lanes: Lanes, data: bytes, deadline: float | None, then: Callable[[np.ndarray], T] | None = None
+) -> Processed[T]:
+    """Image bytes -> model input (and `then` of it, on the same thread), the decode admitted by the budget in
+    the lane its cost calls for.
+
+    Raises the ImageError family (DecodeMemoryError, a 413, when the image alone is over the budget) and
+    DecodeBusyError (503) when the budget stays full past its wait. The caller bounds the whole by its deadline."""
+    loop = asyncio.get_running_loop()
+    outcome = await loop.run_in_executor(lanes.common, _open, data, lanes, loop, then)
+    if isinstance(outcome, Processed):
+        return outcome
+    lane = lanes.large if outcome.large else lanes.common
+    try:
+        if outcome.large:
+            outcome = await loop.run_in_executor(lane, _reserve_now, outcome, lanes, loop, then)
+            if isinstance(outcome, Processed):
+                return outcome
+        await lanes.budget.acquire(outcome.nbytes, deadline)
+    except BaseException:
+        outcome.image.close()
+        raise
+    return await lanes.budget.run_reserved(
+        lane, outcome.nbytes, _decode_reserved, outcome.image, then  # type: ignore[arg-type]
+    )
+
+
+def _decode_reserved(image: Image.Image, then: Callable[[np.ndarray], T] | None) -> Processed[T]:
+    """The decode after the event loop reserved its bytes (run_reserved releases them when the thread ends)."""
+    with image:
+        array = preprocess_image(image)
+    return Processed(array, then(array) if then is not None else None)
