@@ -28,7 +28,9 @@ def make_client(tiny_model_path: Path) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def make(**overrides: object) -> TestClient:
-        settings = Settings(**{"model_path": tiny_model_path, **{k.lower(): v for k, v in overrides.items()}})
+        # The direct path unless a test asks otherwise: the tiny model's own measurement would pick either.
+        defaults = {"model_path": tiny_model_path, "request_path": "direct"}
+        settings = Settings(**{**defaults, **{k.lower(): v for k, v in overrides.items()}})
         client = TestClient(create_app(settings))
         client.__enter__()
         opened.append(client)

@@ -86,13 +86,15 @@ class ServedModel:
     version: str
     batcher: Predictor
     path: PathChoice | None = None
+    # Seconds the warm-up at load took (None: not warmed yet, as a remote model is).
+    warm_s: float | None = None
 
     @classmethod
     def load(cls, source: ModelSource, settings: Settings, metrics: Metrics) -> ServedModel:
         """Loads, checks and warms the version, then measures which request path it gets."""
         classifier = load_classifier(source, settings)
         version = version_name(source, classifier)
-        classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # a file that fails when run: ModelLoadError
+        warm_s = classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # fails when run: ModelLoadError
         choice = request_path.choose(settings, classifier.infer, classifier.predict)
         predictor: Predictor
         if choice.path == "direct":
@@ -108,7 +110,7 @@ class ServedModel:
                 max_queue=settings.max_queue_images,
                 on_batch=metrics.observe_batch,
             )
-        return cls(classifier, version, predictor, choice)
+        return cls(classifier, version, predictor, choice, warm_s)
 
     @property
     def direct(self) -> DirectPredictor | None:
@@ -183,6 +185,11 @@ class Pipeline:
         """Loaded, warmed and taking work: the one readiness flag (/readyz, the gauge, every door)."""
         return self.model.batcher.accepting
 
+    def request_path(self) -> str:
+        """The served version's path and why, in words (the start-up and reload log lines)."""
+        path = self.model.path
+        return f"{path.path} ({path.reason})" if path is not None else "remote"
+
     def threshold(self, requested: float | None = None) -> float:
         """The decision threshold: the request's, else the deployment's THRESHOLD, else the model card's."""
         if requested is not None:
@@ -192,6 +199,9 @@ class Pipeline:
         return self.model.classifier.metadata.threshold
 
     def warm_up(self) -> float:
+        """The warm-up's seconds: done at load for a model loaded here, run now for one that was not."""
+        if self.model.warm_s is not None:
+            return self.model.warm_s
         return self.model.warm_up(self.settings.max_batch_size)
 
     async def start(self) -> None:
@@ -261,8 +271,8 @@ class Pipeline:
             drain = asyncio.create_task(current.batcher.stop(), name=f"drain-version-{current.version}")
             self._draining.add(drain)
             drain.add_done_callback(self._draining.discard)
-            log.info("now serving version %s (%s); version %s drains", candidate.version,
-                     candidate.classifier.model_id[:12], current.version)
+            log.info("now serving version %s (%s), request path %s; version %s drains", candidate.version,
+                     candidate.classifier.model_id[:12], self.request_path(), current.version)
             return ReloadOutcome(current.version, candidate.version, swapped=True)
 
     def _refused(self, reason: str, polled: bool) -> ReloadRefusedError:
@@ -281,9 +291,7 @@ class Pipeline:
         self.metrics.model_info.labels(served["engine"], served["precision"]).set(1)
 
     def _load_checked(self, source: ModelSource) -> ServedModel:
-        model = ServedModel.load(source, self.settings, self.metrics)
-        model.warm_up(self.settings.max_batch_size)
-        return model
+        return ServedModel.load(source, self.settings, self.metrics)  # checked and warmed there
 
     async def _poll(self, interval_s: float) -> None:
         """Reloads every interval_s until cancelled, whatever a tick raises: a refused version is logged by

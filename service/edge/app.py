@@ -57,12 +57,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
         card = serving.classifier.metadata
         log.info(
             "model %s (%s%s) ready in %.2f s (warm-up %.2f s) on %s %s, %s threads; probability = p(%s), "
-            "threshold %s; limits %s",
+            "threshold %s; request path %s; limits %s",
             serving.classifier.path or settings.model_path, serving.classifier.model_id[:12],
             ", flip-averaged: 4 flips per image" if card.flip_averaged else "",
             time.perf_counter() - start, warm_s,
             served["engine"], served["precision"], served["threads"], card.positive, serving.threshold(),
-            serving.limits.as_dict(),
+            serving.request_path(), serving.limits.as_dict(),
         )
         if settings.host in EVERY_INTERFACE and settings.api_key is None:
             log.warning(

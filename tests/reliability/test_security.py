@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.core import decode_memory as decode_memory_module
+from service.core import lanes as lanes_module
 from service.core.config import Settings
 from service.core.decode_memory import decode_limits
 from service.core.memory import available_memory
@@ -146,7 +146,7 @@ def test_an_unexpected_error_while_decoding_is_a_generic_500(
     def broken(image: object) -> None:
         raise KeyError("/home/deploy/.cache/pillow-plugin")
 
-    monkeypatch.setattr(decode_memory_module, "preprocess_image", broken)
+    monkeypatch.setattr(lanes_module, "preprocess_image", broken)
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/home/deploy", "KeyError")
 

@@ -117,8 +117,9 @@ class InferenceGate:
 def refused_while_the_queue_is_full(
     client: TestClient, gate: InferenceGate, queued_images: int, attempt: Callable[[], httpx.Response]
 ) -> httpx.Response:
-    """Holds one /predict in inference and `queued_images` more in the queue (MAX_QUEUE_IMAGES of them fill
-    it), returns what `attempt` got meanwhile, then lets everything finish and checks those two were answered."""
+    """Holds one /predict in inference and `queued_images` more in the batcher's queue (REQUEST_PATH=batched:
+    MAX_QUEUE_IMAGES of them fill it), returns what `attempt` got meanwhile, then lets everything finish and
+    checks those two were answered."""
     gate.close()
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(client.post, "/predict", files={"file": ("a.png", gray_png(10), "image/png")})

@@ -234,7 +234,7 @@ def post_png(client: TestClient, data: bytes) -> httpx.Response:
 
 
 def test_concurrent_requests_each_get_their_own_image_result(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(MAX_BATCH_WAIT_S=0.04, MAX_BATCH_SIZE=8)
+    client = make_client(MAX_BATCH_WAIT_S=0.04, MAX_BATCH_SIZE=8, REQUEST_PATH="batched")
     images = [gray_png(level) for level in range(40, 240, 8)]  # 25 brightnesses, 25 probabilities
     start = threading.Barrier(len(images))
 
@@ -259,7 +259,7 @@ def test_concurrent_requests_each_get_their_own_image_result(make_client: Callab
 def test_requests_queued_behind_a_running_batch_are_batched_together(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
-    client = make_client(MAX_BATCH_SIZE=8)
+    client = make_client(MAX_BATCH_SIZE=8, REQUEST_PATH="batched")
     gate.close()
     images = [gray_png(level) for level in (30, 60, 90, 120, 150, 180, 210)]
     with ThreadPoolExecutor(len(images)) as pool:
@@ -278,7 +278,7 @@ def test_requests_queued_behind_a_running_batch_are_batched_together(
 def test_predict_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
-    client = make_client(MAX_QUEUE_IMAGES=2, RETRY_AFTER_S=7)
+    client = make_client(MAX_QUEUE_IMAGES=2, RETRY_AFTER_S=7, REQUEST_PATH="batched")
     refused = refused_while_the_queue_is_full(client, gate, 2, lambda: post_png(client, gray_png(30)))
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "7"
@@ -291,7 +291,7 @@ def test_predict_answers_503_with_retry_after_when_the_queue_is_full(
 def test_predict_answers_503_when_inference_outlasts_the_request_timeout(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
-    client = make_client(REQUEST_TIMEOUT_S=0.5)
+    client = make_client(REQUEST_TIMEOUT_S=0.5, REQUEST_PATH="batched")
     gate.close()
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(post_png, client, gray_png(10))

@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.core import decode_memory
 from service.core.decode_memory import (
     DEFAULT_MAX_PIXELS,
     MIN_BUDGET_BYTES,

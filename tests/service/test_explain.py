@@ -303,7 +303,7 @@ def test_explanation_chunks_never_exceed_the_batch_size_and_predictions_go_betwe
         return predict(self, batch)
 
     monkeypatch.setattr(Classifier, "predict", recording_predict)
-    client = make_client(MAX_BATCH_SIZE=4, EXPLAIN_CHUNK_IMAGES=8)
+    client = make_client(MAX_BATCH_SIZE=4, EXPLAIN_CHUNK_IMAGES=8, REQUEST_PATH="batched")
     batches.clear()  # warm-up
     gate.close()
     try:
@@ -327,7 +327,7 @@ def test_explanation_chunks_never_exceed_the_batch_size_and_predictions_go_betwe
 def test_explain_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
-    client = make_client(MAX_QUEUE_IMAGES=2, MAX_BATCH_SIZE=2, RETRY_AFTER_S=5)
+    client = make_client(MAX_QUEUE_IMAGES=2, MAX_BATCH_SIZE=2, RETRY_AFTER_S=5, REQUEST_PATH="batched")
     refused = refused_while_the_queue_is_full(client, gate, 2, lambda: post_explain(client, gray_png(30)))
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"

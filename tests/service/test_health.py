@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,14 +94,19 @@ def test_metrics_count_requests_by_route_and_status(client: TestClient) -> None:
     assert metric(client, "images_rejected_total", reason="UndecodableImageError") == 1
 
 
-def test_metrics_count_images_batches_and_model_load(client: TestClient) -> None:
+@pytest.mark.parametrize(("path", "batches", "lone_batches"), [("batched", 2, 1), ("direct", 4, 4)])
+def test_metrics_count_images_batches_and_model_load(
+    make_client: Callable[..., TestClient], path: str, batches: int, lone_batches: int
+) -> None:
+    """The direct path runs every image on its own: each counts as a batch of one."""
+    client = make_client(REQUEST_PATH=path)
     uploads = [("files", (f"{i}.png", gray_png(i * 40), "image/png")) for i in range(3)]
     client.post("/predict", files=uploads)
     client.post("/predict", files={"file": ("one.png", gray_png(99), "image/png")})
     assert metric(client, "images_predicted_total") == 4
-    assert metric(client, "inference_batch_size_count") == 2
+    assert metric(client, "inference_batch_size_count") == batches
     assert metric(client, "inference_batch_size_sum") == 4
-    assert metric(client, "inference_batch_size_bucket", le="1.0") == 1
+    assert metric(client, "inference_batch_size_bucket", le="1.0") == lone_batches
     assert metric(client, "model_load_seconds") > 0
     assert metric(client, "model_ready") == 1
     assert metric(client, "inference_queue_images") == 0

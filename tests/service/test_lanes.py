@@ -78,7 +78,8 @@ def test_a_small_image_with_room_takes_one_trip_and_runs_then_on_the_same_thread
 
     common_trips, large_trips, in_use, shape, result = run(scenario())
     assert (common_trips, large_trips, in_use, shape) == (1, 0, 0, (100, 100, 1))
-    assert result == pytest.approx(40.0) and len(threads) == 1
+    assert result == pytest.approx(40.0)
+    assert len(threads) == 1
 
 
 def test_a_large_image_is_decoded_in_the_large_lane_after_its_header_in_the_common_one() -> None:
@@ -86,7 +87,8 @@ def test_a_large_image_is_decoded_in_the_large_lane_after_its_header_in_the_comm
         budget = DecodeBudget(GiB, max_wait_s=0)
         with CountingExecutor() as common, CountingExecutor() as large:
             done = await process(lanes_of(budget, common, large), LARGE, None)
-            assert done.array.shape == (100, 100, 1) and done.result is None
+            assert done.array.shape == (100, 100, 1)
+            assert done.result is None
             return common.trips, large.trips, await released(budget)
 
     assert run(scenario()) == (1, 1, True)
@@ -151,9 +153,8 @@ def test_a_large_image_without_room_waits_then_is_refused_as_busy() -> None:
     async def scenario() -> None:
         budget = DecodeBudget(estimate(LARGE), max_wait_s=0.05)
         await budget.acquire(1)  # a small decode holds a byte: the large one cannot fit
-        with ThreadPoolExecutor(1) as common, ThreadPoolExecutor(1) as large:
-            with pytest.raises(DecodeBusyError):
-                await process(lanes_of(budget, common, large), LARGE, None)
+        with ThreadPoolExecutor(1) as common, ThreadPoolExecutor(1) as large, pytest.raises(DecodeBusyError):
+            await process(lanes_of(budget, common, large), LARGE, None)
 
     run(scenario())
 

@@ -423,7 +423,7 @@ def test_infer_needs_the_api_key_when_one_is_set(make_client: Callable[..., Test
 def test_infer_answers_503_with_retry_after_when_the_queue_is_full(
     make_client: Callable[..., TestClient], gate: InferenceGate
 ) -> None:
-    client = make_client(MAX_QUEUE_IMAGES=1, RETRY_AFTER_S=5)
+    client = make_client(MAX_QUEUE_IMAGES=1, RETRY_AFTER_S=5, REQUEST_PATH="batched")
     refused = refused_while_the_queue_is_full(
         client, gate, 1, lambda: client.post(INFER, json=images_json(gray_png(30)))
     )

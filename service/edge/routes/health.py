@@ -35,11 +35,13 @@ async def readyz(request: Request) -> Response:
 async def model(request: Request, pipeline: PipelineDep) -> dict[str, Any]:
     """The served model's metadata: classes, the positive class, threshold, input, preprocessing, test metrics,
     both hashes (`identity`); the version that answers, the threshold in effect (THRESHOLD's, else the model's),
-    the decode limits and whether requests need an X-API-Key."""
+    the request path and why (direct or batched, with the batch measurement), the decode limits and whether
+    requests need an X-API-Key."""
     return {
         **pipeline.classifier.describe(),
         "version": pipeline.model.version,
         "effective_threshold": pipeline.threshold(),
+        "request_path": pipeline.model.path.as_dict() if pipeline.model.path else None,
         "limits": pipeline.limits.as_dict(),
         "api_key_required": request.app.state.settings.api_key is not None,
     }
