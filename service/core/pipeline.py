@@ -95,11 +95,11 @@ class ServedModel:
         classifier = load_classifier(source, settings)
         version = version_name(source, classifier)
         warm_s = classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # fails when run: ModelLoadError
-        choice = request_path.choose(settings, classifier.infer, classifier.predict)
+        choice = request_path.choose(settings, classifier.predict)
         predictor: Predictor
         if choice.path == "direct":
             predictor = DirectPredictor(
-                classifier.infer, max_in_flight=settings.max_queue_images,
+                classifier.infer, lone=classifier.predict, max_in_flight=settings.max_queue_images,
                 threads=settings.decode_threads or available_cpus(), on_batch=metrics.observe_batch,
             )
         else:

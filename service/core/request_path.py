@@ -50,23 +50,18 @@ def _images_per_s(run: Callable[[np.ndarray], np.ndarray], batch: int, runs: int
     return batch * runs / best
 
 
-def measure(
-    infer: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray], batch_size: int
-) -> tuple[float, float]:
-    """Images/s of single images through `infer` (the direct path's call) and of batch_size batches through
-    `predict` (the batcher's). Doubles as the warm-up of both shapes."""
-    return _images_per_s(infer, 1, _LONE_RUNS), _images_per_s(predict, batch_size, 1)
+def measure(predict: Callable[[np.ndarray], np.ndarray], batch_size: int) -> tuple[float, float]:
+    """Images/s of the served variant at batch 1 and at batch_size."""
+    return _images_per_s(predict, 1, _LONE_RUNS), _images_per_s(predict, batch_size, 1)
 
 
-def choose(
-    settings: Settings, infer: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray]
-) -> PathChoice:
+def choose(settings: Settings, predict: Callable[[np.ndarray], np.ndarray]) -> PathChoice:
     """REQUEST_PATH=direct or batched is taken as set; auto measures (see the module's docstring)."""
     if settings.request_path != "auto":
         return PathChoice(settings.request_path, f"REQUEST_PATH={settings.request_path}")
     if settings.max_batch_size == 1:
         return PathChoice("direct", "MAX_BATCH_SIZE=1: there is nothing to batch")
-    lone, batched = measure(infer, predict, settings.max_batch_size)
+    lone, batched = measure(predict, settings.max_batch_size)
     gain = batched / lone
     path: PathName = "batched" if gain >= settings.batching_min_gain else "direct"
     reason = (

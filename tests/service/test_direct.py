@@ -48,6 +48,27 @@ def test_the_direct_predictor_answers_each_image_in_order_on_its_own_threads() -
     assert asyncio.run(scenario()) == [2.0, 4.0, 6.0]
 
 
+def test_a_lone_image_takes_the_lone_call_and_images_under_load_the_concurrent_one() -> None:
+    calls: list[str] = []
+
+    def named(name: str):
+        def run(batch: np.ndarray) -> np.ndarray:
+            calls.append(name)
+            return double(batch)
+
+        return run
+
+    async def scenario() -> None:
+        predictor = DirectPredictor(named("infer"), lone=named("lone"), max_in_flight=8, threads=2)
+        predictor.start()
+        await predictor.predict_many([np.ones((100, 100, 1), np.float32)])
+        await predictor.predict_many([np.ones((100, 100, 1), np.float32)] * 3)
+        await predictor.stop()
+
+    asyncio.run(scenario())
+    assert calls == ["lone", "infer", "infer", "infer"]
+
+
 def test_the_direct_predictor_admits_a_request_whole_or_refuses_it() -> None:
     async def scenario() -> int:
         predictor = DirectPredictor(double, max_in_flight=3, threads=1)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,16 @@ def test_each_engine_runs_the_tiny_model_like_its_definition(tiny_model_path: Pa
     described = classifier.describe()
     assert (described["engine"], described["precision"]) == (engine, "fp32")
     assert described["runtime"]["threads"] >= 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_infers_from_many_threads_at_once_like_one_run(tiny_model_path: Path, engine: str) -> None:
+    """The direct path calls infer from every worker thread; each image must get its own answer."""
+    classifier = Classifier.load(tiny_model_path, SessionSettings(), engine=engine, precision="fp32")
+    images = np.random.default_rng(1).uniform(0, 255, (64, 1, 100, 100, 1)).astype(np.float32)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda x: classifier.infer(x)[0], images))
+    np.testing.assert_allclose(answers, tiny_probability(images[:, 0]), atol=1e-5)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -56,8 +56,6 @@ class OpenVinoEngine:
         self._lock = threading.Lock()
         self._streams_model = streams
         self._own = threading.local()
-        self._active = 0
-        self._active_lock = threading.Lock()
         self.precision = precision
         self._threads = threads
         self._version = version
@@ -77,29 +75,16 @@ class OpenVinoEngine:
             return np.concatenate([_output(request) for request in requests])
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """As run, from any number of threads at once (the direct request path): a call that finds no other
-        running takes the LATENCY compilation (every core: a lone request's latency); the others each run on an
-        infer request of their own thread's on the THROUGHPUT compilation, whose streams OpenVINO schedules."""
+        """As run, from any number of threads at once (the direct request path under load): each thread runs an
+        infer request of its own on the THROUGHPUT compilation, whose streams (one thread each) OpenVINO
+        schedules. A lone request takes `run` instead (every core)."""
         if self._streams_model is None:
             return self.run(batch)
-        with self._active_lock:
-            self._active += 1
-            alone = self._active == 1
-        try:
-            if alone and self._lock.acquire(blocking=False):
-                try:
-                    self._lone.infer({0: batch}, share_inputs=True)  # type: ignore[attr-defined]
-                    return _output(self._lone)
-                finally:
-                    self._lock.release()
-            request = getattr(self._own, "request", None)
-            if request is None:
-                request = self._own.request = self._streams_model.create_infer_request()  # type: ignore[attr-defined]
-            request.infer({0: batch}, share_inputs=True)
-            return _output(request)
-        finally:
-            with self._active_lock:
-                self._active -= 1
+        request = getattr(self._own, "request", None)
+        if request is None:
+            request = self._own.request = self._streams_model.create_infer_request()  # type: ignore[attr-defined]
+        request.infer({0: batch}, share_inputs=True)
+        return _output(request)
 
     def describe(self) -> dict[str, object]:
         return {"engine": NAME, "precision": self.precision, "version": self._version, "threads": self._threads,
