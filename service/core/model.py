@@ -22,6 +22,7 @@ from service.core.engines import (
     load_engine,
     warm_up,
 )
+from service.core.engines.ort_engine import NAME as ORT_NAME
 from service.core.engines.ort_engine import session_options
 from service.core.failures import one_line
 from service.core.model_card import ModelCard, ModelCardError, card_path_for, read_model_card
@@ -108,7 +109,28 @@ class Classifier:
             return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu)
         check_recorded_hashes(metadata, metadata_path, model_path)
         declared = metadata.input.shape or [None, *INPUT_SHAPE]
-        choice = choose(engine, precision, model_path, metadata, cpu or detect(), installed_engines())
+        cpu = cpu or detect()
+        choice = choose(engine, precision, model_path, metadata, cpu, installed_engines())
+        try:
+            runner, model_id = cls._open(choice, metadata_path, settings)
+        except ModelLoadError as exc:
+            if engine != "auto" or choice.engine == ORT_NAME:
+                raise
+            # OpenVINO is the default, onnxruntime the fallback wherever OpenVINO cannot load (its package does
+            # not import on this machine, or it cannot compile the file); ENGINE=openvino keeps this an error.
+            try:
+                choice = choose(ORT_NAME, precision, model_path, metadata, cpu, (ORT_NAME,))
+            except ModelLoadError:
+                raise exc from None
+            log.warning("%s; serving it on onnxruntime instead (ENGINE=openvino makes this an error)", exc)
+            runner, model_id = cls._open(choice, metadata_path, settings)
+        if tuple(declared[1:]) != INPUT_SHAPE:
+            raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
+        return cls(runner, metadata, model_id, choice)
+
+    @staticmethod
+    def _open(choice: Choice, metadata_path: Path, settings: SessionSettings) -> tuple[Engine, str]:
+        """The chosen file read, checked against its recorded sha256 and loaded on the chosen engine."""
         for note in choice.notes:
             log.info("%s", note)
         for warning in choice.warnings:
@@ -120,9 +142,7 @@ class Classifier:
                 f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"
             )
         runner = load_engine(choice.engine, data, choice.model_path, choice.precision, available_cpus(), settings)
-        if tuple(declared[1:]) != INPUT_SHAPE:
-            raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
-        return cls(runner, metadata, model_id, choice)
+        return runner, model_id
 
     def describe(self) -> dict[str, object]:
         """The card as written (unset defaults left out), the served file's sha256 and the engine: GET /model."""

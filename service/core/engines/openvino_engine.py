@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.engines.base import EngineName, ModelLoadError, Precision
+from service.core.failures import one_line
 
 NAME: EngineName = "openvino"
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "int8")
@@ -96,7 +97,10 @@ def load(data: bytes, path: Path, precision: Precision, threads: int) -> OpenVin
         raise ModelLoadError(
             "ENGINE=openvino needs the openvino package, a dependency of the service: pip install openvino"
         )
-    import openvino as ov  # imported only when this engine is chosen
+    try:
+        import openvino as ov  # imported only when this engine is chosen
+    except ImportError as exc:  # a wheel whose shared libraries do not load on this machine
+        raise ModelLoadError(f"the openvino package cannot be imported here: {one_line(exc)}") from exc
 
     common = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}
     try:
