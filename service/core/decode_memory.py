@@ -159,11 +159,6 @@ class DecodeBudget:
         finally:
             self.release(nbytes)
 
-    async def run(self, executor: Executor, nbytes: int, deadline: float | None, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in executor under a reservation of nbytes (see run_reserved)."""
-        await self.acquire(nbytes, deadline)
-        return await self.run_reserved(executor, nbytes, fn, *args)
-
     async def run_reserved(self, executor: Executor, nbytes: int, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) in executor; the acquired nbytes are released when the thread is done, not when the
         caller stops waiting: a timed-out request's decode holds its memory until it really ends."""

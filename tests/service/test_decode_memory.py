@@ -135,7 +135,8 @@ def test_a_cancelled_caller_keeps_its_reservation_until_the_decode_thread_ends()
     async def scenario() -> None:
         budget = DecodeBudget(100, max_wait_s=0)
         with ThreadPoolExecutor(1) as executor:
-            caller = asyncio.create_task(budget.run(executor, 70, None, finish.wait, TIMEOUT_S))
+            await budget.acquire(70)
+            caller = asyncio.create_task(budget.run_reserved(executor, 70, finish.wait, TIMEOUT_S))
             await asyncio.sleep(0.05)
             caller.cancel()  # the request timed out; its decode thread runs on
             await asyncio.sleep(0.05)
