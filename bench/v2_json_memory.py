@@ -1,4 +1,4 @@
-"""Peak RSS of a real `python -m service` while clients each send one large /v2 JSON body (issue 25).
+"""Peak RSS of a real `python -m service` while clients each send one large /v2 JSON body.
 
     python -m bench.v2_json_memory --model models/model.onnx --budget-mb 121 --clients 1 --clients 4
 

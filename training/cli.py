@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict:
             tta_threshold = selection.flips_threshold
         tta_path, tta_metrics = step.export_flip_averaged(model, onnx_path, metadata, parts.test, tta_threshold,
                                                           onnx_metrics)
-        # Not "variants": on main that key lists precision variants for the service's PRECISION=auto.
+        # Not "variants": that key lists the precision variants the service's PRECISION=auto chooses among.
         metadata["flip_averaged_variant"] = {"file": tta_path.name, "threshold": tta_threshold,
                                              "test_accuracy": tta_metrics["accuracy"]}
     write_metadata(onnx_path, metadata)

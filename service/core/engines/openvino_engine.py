@@ -39,7 +39,7 @@ class OpenVinoEngine:
     the decode pool and the event loop share the cores, a LATENCY inference's threads (most likely) wait for
     each other at every layer whenever one is preempted; independent one-thread streams keep going. Measured with wrk
     at 16 connections on ELPV (BENCHMARKS.md, "Runs 4-6"), four alternating 6 s runs each: 221.1 req/s with
-    the streams against 211.5 with LATENCY alone (+4.5 %), the direction of the issue's 25-line servers
+    the streams against 211.5 with LATENCY alone (+4.5 %), the direction of 25-line servers written both ways
     (THROUGHPUT 236 against LATENCY 195)."""
 
     name: EngineName = NAME

@@ -17,7 +17,7 @@ from service.core.engines.capabilities import CpuCapabilities
 from service.core.model_card import ModelCard, VariantCard
 
 GATE_POINTS = 0.5
-# Fastest first. Model alone on the 2-core Zen 4 (issue 13's figures and BENCHMARKS.md's two runs): INT8
+# Fastest first. Model alone on the 2-core Zen 4 (BENCHMARKS.md, the engines' rows of two runs): INT8
 # 186-327 images/s, OpenVINO bf16 ~155, fp32 ~85; batch-1 latency in the same order on both engines.
 SPEED_ORDER: tuple[Precision, ...] = ("int8", "bf16", "fp32")
 ENGINE_PRECISIONS: dict[EngineName, tuple[Precision, ...]] = {
