@@ -30,6 +30,8 @@ class CeilingResult:
     batches: int
     engine: str = "onnxruntime"
     precision: str = ""
+    # Process CPU time per image (every engine thread): the model's core-ms alone.
+    cpu_ms_per_image: float | None = None
 
 
 def service_session(path: Path) -> ort.InferenceSession:
@@ -62,6 +64,7 @@ def _measured(
                 ms_per_batch_p50=timings.percentile_ms(50),
                 ms_per_batch_p99=timings.percentile_ms(99),
                 batches=timings.calls,
+                cpu_ms_per_image=timings.cpu_ms_per(size),
                 **about,
             )
         )
