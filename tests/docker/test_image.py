@@ -309,7 +309,7 @@ def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
             card = client.get(f"{container.url}/model").json()
             got = predict(client, f"{container.url}/predict", "cell.png")
         assert card["name"] == "tiny-test-model"
-        with TestClient(create_app(Settings(model_path=mounted_model, engine="onnxruntime"))) as in_process:
+        with TestClient(create_app(Settings(model_path=mounted_model))) as in_process:
             assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
     finally:
         docker("rm", "--force", container.id, check=False)
