@@ -131,9 +131,9 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
     specs = {
         targets.SERVICE: service_spec(targets.SERVICE, args.model, env),
         targets.SERVICE_FP32: service_spec(targets.SERVICE_FP32, args.model, {**env, "PRECISION": "fp32"}),
-        # The same file the service serves by default where INT8 passes (the comparison: one INT8 file).
+        # The file the service serves with these settings on this CPU: both servers run one file.
         targets.BASELINE_OPENVINO: baseline_spec(targets.BASELINE_OPENVINO, "bench.baselines.openvino_app",
-                                                 {"MODEL_PATH": str(args.int8_model or args.model)}),
+                                                 {"MODEL_PATH": str(ceiling.served_file(args.model, env))}),
         targets.BASELINE_ONNX: baseline_spec(targets.BASELINE_ONNX, "bench.baselines.onnx_app",
                                              {"MODEL_PATH": str(args.model)}),
         targets.BASELINE_KERAS: baseline_spec(targets.BASELINE_KERAS, "bench.baselines.keras_app",

@@ -36,8 +36,8 @@ def model_core_ms(ceiling: Sequence[CeilingResult], label: str) -> float | None:
     return min(costs, default=None)
 
 
-# Which model row and which decode each server runs. Baseline (c) serves the INT8 file on OpenVINO, as the
-# service does by default where INT8 passes (PRECISION=auto on a CPU with VNNI); baseline (b) the fp32 file on
+# Which model row and which decode each server runs. Baseline (c) runs the file the service serves
+# (bench.ceiling.served_file) on OpenVINO, which ENGINE=auto serves too; baseline (b) the fp32 file on
 # onnxruntime; baseline (a)'s Keras model has no row.
 _MODEL = {
     targets.SERVICE: SERVED, targets.SERVICE_INT8: SERVED, targets.SERVICE_FP32: SERVED_FP32,
