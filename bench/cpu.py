@@ -55,11 +55,18 @@ def breakdown(
 ) -> list[CpuRow]:
     """One CpuRow per load row that measured its CPU."""
     decodes = {p.corpus: p for p in preprocessing}
+    served = next((c for c in ceiling if c.model == SERVED), None)
+    # The served rows stand for baseline (c)'s model only on OpenVINO, and for service-int8's (MODEL_PATH=the
+    # INT8 file) only when the default settings serve INT8 too.
+    unmatched = {
+        targets.BASELINE_OPENVINO: served is None or served.engine != "openvino",
+        targets.SERVICE_INT8: served is None or served.precision != "int8",
+    }
     out = []
     for row in rows:
         if row.core_ms_per_request is None:
             continue
-        label = _MODEL.get(row.server)
+        label = None if unmatched.get(row.server) else _MODEL.get(row.server)
         prep = decodes.get(row.corpus)
         decode = getattr(prep, _DECODE[row.server]) if prep is not None and row.server in _DECODE else None
         out.append(CpuRow(row.server, row.corpus, row.connections, row.core_ms_per_request,

@@ -18,7 +18,7 @@ from bench.cpu import CpuRow, breakdown, model_core_ms
 from bench.endtoend import LoadRow
 from bench.preprocessing import PreprocessingResult
 from bench.servers import core_ms_per_request, process_tree_cpu_s
-from bench.targets import BASELINE_KERAS, BASELINE_ONNX, BASELINE_OPENVINO, SERVICE, SERVICE_FP32
+from bench.targets import BASELINE_KERAS, BASELINE_ONNX, BASELINE_OPENVINO, SERVICE, SERVICE_FP32, SERVICE_INT8
 from bench.timing import Timings
 
 
@@ -92,3 +92,16 @@ def test_the_process_trees_cpu_counts_a_busy_child() -> None:
                 os.kill(int(child), signal.SIGKILL)
         parent.kill()
         parent.wait()
+
+
+def test_the_served_model_stands_only_for_servers_that_run_the_same_variant() -> None:
+    ceiling = [CeilingResult(SERVED, 1, 100.0, 1.0, 1.0, 10, "openvino", "fp32", 3.0)]
+    rows = [load_row(SERVICE_INT8, 4.0), load_row(BASELINE_OPENVINO, 5.0)]
+    found = {row.server: row for row in breakdown(rows, ceiling, [])}
+    assert found[SERVICE_INT8].model_core_ms is None  # the INT8 file, while fp32 is what serves by default
+    assert found[BASELINE_OPENVINO].model_core_ms == pytest.approx(3.0)
+
+    ort = [CeilingResult(SERVED, 1, 100.0, 1.0, 1.0, 10, "onnxruntime", "int8", 3.0)]
+    found = {row.server: row for row in breakdown(rows, ort, [])}
+    assert found[SERVICE_INT8].model_core_ms == pytest.approx(3.0)
+    assert found[BASELINE_OPENVINO].model_core_ms is None  # ENGINE=onnxruntime: not baseline (c)'s engine
