@@ -84,14 +84,15 @@ def _targets(targets: Sequence[Target]) -> list[str]:
 
 def _ceiling(ceiling: Sequence[CeilingResult]) -> list[str]:
     rows = [(c.model, c.engine, c.precision, c.batch_size, _num(c.images_per_s), _num(c.ms_per_batch_p50, 2),
-             _num(c.ms_per_batch_p99, 2))
+             _num(c.ms_per_batch_p99, 2), _num(c.cpu_ms_per_image, 2))
             for c in ceiling]  # fmt: skip
     return [
         "## Ceiling: the model alone", "",
         "Random inputs, one caller. fp32/int8: onnxruntime with the service's `session_options`; served: the "
         "variant the service's ENGINE/PRECISION settings choose, through its own engine; served-fp32: "
         "PRECISION=fp32 on that engine.", "",
-        *_table(("model", "engine", "precision", "batch", "images/s", "ms/batch p50", "ms/batch p99"), rows),
+        *_table(("model", "engine", "precision", "batch", "images/s", "ms/batch p50", "ms/batch p99",
+                 "core-ms/image"), rows),
     ]
 
 
