@@ -2,6 +2,7 @@
 # Both stages use the same base so the venv's interpreter links resolve in the runtime stage.
 
 # --- builder: a venv with the service's runtime dependencies only (no train/dev extras) ---
+# OpenVINO serves (ENGINE=auto); onnxruntime is installed beside it as the fallback (ENGINE=onnxruntime).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS builder
 
@@ -22,6 +23,9 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 # ORT_DISABLE_TELEMETRY: onnxruntime's Linux wheels otherwise upload usage events and try to persist a device id.
+# OpenVINO has no such switch and needs none here: its runtime sends nothing; only its model-conversion tools
+# (ovc, never imported by the service) call openvino-telemetry, which declines without a consent file under
+# $HOME/intel, and the service user has no home directory.
 ENV PATH=/opt/service-venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -12,7 +12,9 @@ from pydantic import TypeAdapter
 
 from bench.timing import repeat
 from service.core.config import SessionSettings, Settings
+from service.core.engines import choose, detect, installed_engines
 from service.core.model import INPUT_SHAPE, Classifier, session_options
+from service.core.model_card import card_path_for, read_model_card
 
 BATCH_SIZES = (1, 8, 32)
 # Labels of the rows measured through the service's own engine (measure_served).
@@ -30,6 +32,8 @@ class CeilingResult:
     batches: int
     engine: str = "onnxruntime"
     precision: str = ""
+    # Process CPU time per image (every engine thread): the model's core-ms alone.
+    cpu_ms_per_image: float | None = None
 
 
 def service_session(path: Path) -> ort.InferenceSession:
@@ -62,6 +66,7 @@ def _measured(
                 ms_per_batch_p50=timings.percentile_ms(50),
                 ms_per_batch_p99=timings.percentile_ms(99),
                 batches=timings.calls,
+                cpu_ms_per_image=timings.cpu_ms_per(size),
                 **about,
             )
         )
@@ -88,3 +93,12 @@ def measure_served(path: Path, service_env: Mapping[str, str], seconds: float) -
                    precision=served.engine.precision),
         *_measured(SERVED_FP32, fp32.predict, seconds, (8,), engine=fp32.engine.name, precision="fp32"),
     ]  # fmt: skip
+
+
+def served_file(path: Path, service_env: Mapping[str, str]) -> Path:
+    """The file `python -m service` serves for MODEL_PATH=path with these ENGINE/PRECISION settings on this CPU
+    (model.int8.onnx where INT8 passes, else the fp32 file): what baseline (c) is given, so both run one file."""
+    card = read_model_card(card_path_for(path))
+    choice = choose(service_env.get("ENGINE", "auto"), service_env.get("PRECISION", "auto"), path, card, detect(),
+                    installed_engines())  # fmt: skip
+    return choice.model_path

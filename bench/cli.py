@@ -1,4 +1,5 @@
-"""`python -m bench`: ceiling, preprocessing, end to end against two baselines, training; one table."""
+"""`python -m bench`: ceiling, preprocessing, end to end against three baselines, CPU per request, fairness,
+training; one table."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, corpora, endtoend, load, preprocessing, targets, training_speed
+from bench import ceiling, corpora, cpu, endtoend, fairness, load, preprocessing, targets, training_speed
 from bench.machine import describe
 from bench.report import RESULTS_DIR, Results, render, write
-from bench.servers import ServerSpec, baseline_spec, service_spec
+from bench.servers import ServerError, ServerSpec, baseline_spec, service_spec
 
 log = logging.getLogger("bench")
-PARTS = ("ceiling", "preprocess", "e2e")
-SERVERS = (targets.SERVICE, targets.SERVICE_FP32, targets.SERVICE_INT8, targets.BASELINE_ONNX,
-           targets.BASELINE_KERAS)
+PARTS = ("ceiling", "preprocess", "e2e", "fairness")
+SERVERS = (targets.SERVICE, targets.SERVICE_FP32, targets.SERVICE_INT8, targets.BASELINE_OPENVINO,
+           targets.BASELINE_ONNX, targets.BASELINE_KERAS)
 LOG_DIR = Path(tempfile.gettempdir()) / "cell-classifier-bench" / "logs"
 # (full, --quick) defaults for the options left unset.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "preprocess_seconds": (3.0, 0.5),
     "elpv_files": (64, 16),
     "training_images": (320, 64),
+    "fairness_duration": (20, 3),
 }
 
 
@@ -66,7 +68,7 @@ def _env_pair(text: str) -> tuple[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmarks the service against its ceiling and two baselines; prints a Markdown table and "
+        description="Benchmarks the service against its ceiling and three baselines; prints a Markdown table and "
         "writes it with a JSON of raw figures to bench/results/<date>-<host>.md/.json.",
     )
     what = p.add_argument_group("what to run")
@@ -98,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     timing.add_argument("--preprocess-seconds", type=float, help="seconds per corpus and decoder (3 / 0.5)")
     timing.add_argument("--elpv-files", type=int, help="ELPV cells in the corpus (64 / 16)")
     timing.add_argument("--training-images", type=int, help="images in the timed training epoch (320 / 64)")
+    timing.add_argument("--fairness-duration", type=int,
+                        help="whole seconds of small requests alone, then beside the large uploads (20 / 3)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=RESULTS_DIR,
                      help="folder for <date>-<host>.md and .json (default: bench/results)")
@@ -107,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, (full, quick) in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.duration < 1 or args.warmup < 0:
-        p.error("--duration must be at least 1 s and --warmup not negative")
+    if args.duration < 1 or args.warmup < 0 or args.fairness_duration < 1:
+        p.error("--duration and --fairness-duration must be at least 1 s and --warmup not negative")
     if args.int8_model is None:
         beside = args.model.with_name("model.int8.onnx")
         args.int8_model = beside if beside.exists() and beside != args.model else None
@@ -127,6 +131,9 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
     specs = {
         targets.SERVICE: service_spec(targets.SERVICE, args.model, env),
         targets.SERVICE_FP32: service_spec(targets.SERVICE_FP32, args.model, {**env, "PRECISION": "fp32"}),
+        # The file the service serves with these settings on this CPU: both servers run one file.
+        targets.BASELINE_OPENVINO: baseline_spec(targets.BASELINE_OPENVINO, "bench.baselines.openvino_app",
+                                                 {"MODEL_PATH": str(ceiling.served_file(args.model, env))}),
         targets.BASELINE_ONNX: baseline_spec(targets.BASELINE_ONNX, "bench.baselines.onnx_app",
                                              {"MODEL_PATH": str(args.model)}),
         targets.BASELINE_KERAS: baseline_spec(targets.BASELINE_KERAS, "bench.baselines.keras_app",
@@ -141,7 +148,8 @@ def _estimate_s(args: argparse.Namespace, servers: int) -> float:
     e2e = servers * len(args.corpora) * (len(args.connections) * args.duration + args.warmup + 3) + servers * 10
     models = (2 if args.int8_model else 1) + 1  # + the served variant and fp32 on its engine
     seconds = models * 3 * args.ceiling_seconds + len(args.corpora) * 2 * args.preprocess_seconds
-    return seconds + (e2e if "e2e" in args.parts else 0) + (120 if args.training else 0)
+    fair = 2 * args.fairness_duration + 30 if "fairness" in args.parts else 0
+    return seconds + (e2e if "e2e" in args.parts else 0) + fair + (120 if args.training else 0)
 
 
 def _log_row(row: endtoend.LoadRow) -> None:
@@ -160,6 +168,7 @@ def run(args: argparse.Namespace) -> Results:
         "keras_weights": str(args.keras_weights) if args.keras_weights else None,
         "duration_s": args.duration, "warmup_s": args.warmup, "connections": list(args.connections),
         "ceiling_seconds": args.ceiling_seconds, "preprocess_seconds": args.preprocess_seconds,
+        "fairness_duration_s": args.fairness_duration,
         "service_env": dict(args.service_env), "command": "python -m bench " + " ".join(sys.argv[1:]),
     }
     results = Results(describe(), settings)
@@ -185,11 +194,25 @@ def run(args: argparse.Namespace) -> Results:
             )
             results.endtoend.servers.append(server)
             results.endtoend.rows += rows
+    results.cpu = cpu.breakdown(results.endtoend.rows, results.ceiling, results.preprocessing)
+    if "fairness" in args.parts:
+        small = next((c for c in chosen if c.name == "elpv"), None)
+        small = small or corpora.load(("elpv",), args.corpus_dir, args.elpv_files)[0]
+        spec = service_spec(targets.SERVICE, args.model, dict(args.service_env))
+        log.info("fairness: %d s of ELPV alone, then beside %d clients of %d x 64 MP PNGs (log %s)",
+                 args.fairness_duration, fairness.LARGE_CLIENTS, fairness.LARGE_FILES,
+                 LOG_DIR / f"{spec.name}.log")  # fmt: skip
+        try:
+            results.fairness = fairness.measure(spec, small, args.corpus_dir, args.fairness_duration, LOG_DIR)
+        except (ServerError, load.LoadError) as exc:
+            log.error("fairness: %s", exc)
+            results.fairness_error = str(exc).strip().splitlines()[0]
     if args.training:
         for precision in training_speed.PRECISIONS:
             log.info("training: %s, %d images", precision, args.training_images)
             results.training.append(training_speed.measure(precision, args.training_images, 32))
-    results.targets = targets.evaluate(results.ceiling, results.preprocessing, results.endtoend.rows, args.corpora)
+    results.targets = targets.evaluate(results.ceiling, results.preprocessing, results.endtoend.rows, args.corpora,
+                                       results.cpu, results.fairness)
     return results
 
 
@@ -215,4 +238,4 @@ def main(argv: list[str] | None = None) -> int:
     markdown, raw = write(results, args.out, stem)
     sys.stdout.write(render(results) + "\n")
     log.info("wrote %s and %s", markdown, raw)
-    return 1 if any(server.error for server in results.endtoend.servers) else 0
+    return 1 if any(server.error for server in results.endtoend.servers) or results.fairness_error else 0

@@ -11,7 +11,7 @@ import httpx
 
 from bench import load
 from bench.corpora import Corpus
-from bench.servers import Server, ServerError, ServerSpec
+from bench.servers import Server, ServerError, ServerSpec, core_ms_per_request
 
 log = logging.getLogger("bench")
 
@@ -30,6 +30,8 @@ class LoadRow:
     non_2xx: int
     socket_errors: int
     peak_rss_mib: float | None
+    # The server's process tree's CPU time over the run ÷ requests answered (bench/cpu.py).
+    core_ms_per_request: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,14 @@ def _one_run(server: Server, corpus: Corpus, connections: int, duration_s: int) 
     if not server.wait_idle():
         log.warning("%s still busy before the %d-connection run", server.spec.name, connections)
     reset = server.reset_peak_rss()
+    cpu_before = server.tree_cpu_seconds()
     result = load.run(server.url, corpus.list_file, connections, duration_s)
+    cpu_s = server.tree_cpu_seconds() - cpu_before
     return LoadRow(
         server=server.spec.name, corpus=corpus.name, connections=connections,
         requests_per_s=result.requests_per_s, p50_ms=result.p50_ms, p90_ms=result.p90_ms,
         p99_ms=result.p99_ms, max_ms=result.max_ms, requests=result.requests,
         non_2xx=result.non_2xx, socket_errors=result.socket_errors,
         peak_rss_mib=server.peak_rss_mib() if reset else None,
+        core_ms_per_request=core_ms_per_request(cpu_s, result.requests),
     )

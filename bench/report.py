@@ -11,7 +11,9 @@ from typing import Any
 
 from bench.ceiling import CeilingResult
 from bench.corpora import DESCRIPTIONS
+from bench.cpu import CpuRow
 from bench.endtoend import EndToEnd
+from bench.fairness import LARGE_CLIENTS, LARGE_FILES, SMALL_CONNECTIONS, FairnessResult
 from bench.preprocessing import PreprocessingResult
 from bench.targets import Target
 from bench.training_speed import TrainingResult
@@ -28,6 +30,9 @@ class Results:
     endtoend: EndToEnd = field(default_factory=EndToEnd)
     training: list[TrainingResult] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
+    cpu: list[CpuRow] = field(default_factory=list)
+    fairness: FairnessResult | None = None
+    fairness_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
@@ -37,6 +42,9 @@ class Results:
             "preprocessing": [{**asdict(p), "speedup": p.speedup} for p in self.preprocessing],
             "endtoend": self.endtoend.to_json(),
             "training": [asdict(t) for t in self.training],
+            "cpu": [{**asdict(c), "beyond_ms": c.beyond_ms} for c in self.cpu],
+            "fairness": self.fairness.to_json() if self.fairness else None,
+            "fairness_error": self.fairness_error,
             "targets": [{**asdict(t), "verdict": t.verdict, "margin": t.margin} for t in self.targets],
         })
 
@@ -76,14 +84,15 @@ def _targets(targets: Sequence[Target]) -> list[str]:
 
 def _ceiling(ceiling: Sequence[CeilingResult]) -> list[str]:
     rows = [(c.model, c.engine, c.precision, c.batch_size, _num(c.images_per_s), _num(c.ms_per_batch_p50, 2),
-             _num(c.ms_per_batch_p99, 2))
+             _num(c.ms_per_batch_p99, 2), _num(c.cpu_ms_per_image, 2))
             for c in ceiling]  # fmt: skip
     return [
         "## Ceiling: the model alone", "",
         "Random inputs, one caller. fp32/int8: onnxruntime with the service's `session_options`; served: the "
         "variant the service's ENGINE/PRECISION settings choose, through its own engine; served-fp32: "
         "PRECISION=fp32 on that engine.", "",
-        *_table(("model", "engine", "precision", "batch", "images/s", "ms/batch p50", "ms/batch p99"), rows),
+        *_table(("model", "engine", "precision", "batch", "images/s", "ms/batch p50", "ms/batch p99",
+                 "core-ms/image"), rows),
     ]
 
 
@@ -107,11 +116,12 @@ def _preprocessing(results: Sequence[PreprocessingResult]) -> list[str]:
 def _endtoend(endtoend: EndToEnd) -> list[str]:
     rows = [
         (r.server, r.corpus, r.connections, _num(r.requests_per_s), _num(r.p50_ms), _num(r.p90_ms),
-         _num(r.p99_ms), r.requests, r.non_2xx, r.socket_errors, _num(r.peak_rss_mib, 0))
+         _num(r.p99_ms), r.requests, r.non_2xx, r.socket_errors, _num(r.peak_rss_mib, 0),
+         _num(r.core_ms_per_request, 2))
         for r in endtoend.rows
     ]
     headers = ("server", "corpus", "conn", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "non-2xx",
-               "socket errors", "peak RSS MiB")
+               "socket errors", "peak RSS MiB", "core-ms/req")
     servers = [
         (s.server, _num(s.startup_s, 2), _num(s.rss_at_ready_mib, 0), _num(s.peak_rss_under_load_mib, 0),
          s.error or "")
@@ -124,6 +134,49 @@ def _endtoend(endtoend: EndToEnd) -> list[str]:
         *_table(headers, rows),
         "### Servers", "",
         *_table(("server", "start-up to ready s", "RSS at ready MiB", "peak RSS under load MiB", "error"), servers),
+    ]
+
+
+def _cpu(rows: Sequence[CpuRow]) -> list[str]:
+    table = [(r.server, r.corpus, r.connections, _num(r.core_ms_per_request, 2), _num(r.model_core_ms, 2),
+              _num(r.decode_core_ms, 2), _num(r.beyond_ms, 2))
+             for r in rows]  # fmt: skip
+    return [
+        "## CPU per request", "",
+        "Core-ms per request: the server's process tree's CPU time (utime + stime from /proc) over a wrk run ÷ "
+        "the requests answered. Model: the same file on the same engine alone, the cheapest core-ms per image "
+        "of its ceiling rows; decode: this server's decode alone, one thread; beyond: what the server spends "
+        "on everything else (HTTP, hand-offs, scheduling).", "",
+        *_table(("server", "corpus", "conn", "core-ms/req", "model core-ms", "decode core-ms", "beyond core-ms"),
+                table),
+    ]
+
+
+def _fairness(result: FairnessResult | None, error: str | None) -> list[str]:
+    lines = [
+        "## Fairness: small requests beside large uploads", "",
+        f"{SMALL_CONNECTIONS} wrk connections post ELPV cells alone, then beside {LARGE_CLIENTS} clients each "
+        f"posting, in a loop, one multipart request of {LARGE_FILES} x 64-megapixel PNGs (Retry-After honoured, "
+        "capped at 2 s); default settings.", "",
+    ]
+    if result is None:
+        return [*lines, f"Not measured: {error}", ""] if error else []
+    rows = [
+        (phase, _num(r.requests_per_s), _num(r.p50_ms), _num(r.p99_ms), _num(r.max_ms), r.requests, r.non_2xx,
+         r.socket_errors)
+        for phase, r in (("alone", result.alone), ("beside the large uploads", result.beside))
+    ]
+    large = ", ".join(f"{n} x {status}" for status, n in sorted(result.large.answers.items())) or "none answered"
+    errors = ", ".join(f"{n} x {kind}" for kind, n in sorted(result.large.errors.items()))
+    return [
+        *lines,
+        *_table(("small requests", "req/s", "p50 ms", "p99 ms", "max ms", "requests", "non-2xx", "socket errors"),
+                rows),
+        f"- {result.duration_s} s each; p99 beside ÷ alone: {_num(result.p99_ratio, 2)}; small requests refused or "
+        f"failed beside: {result.small_failures}",
+        f"- Large requests ({result.large_png_bytes / 1e6:.1f} MB a PNG): {result.large.requests} sent; answers "
+        f"{large}" + (f"; transport errors {errors}" if errors else ""),
+        "",
     ]
 
 
@@ -167,6 +220,9 @@ def render(results: Results) -> str:
         lines += _preprocessing(results.preprocessing)
     if results.endtoend.rows or results.endtoend.servers:
         lines += _endtoend(results.endtoend)
+    if results.cpu:
+        lines += _cpu(results.cpu)
+    lines += _fairness(results.fairness, results.fairness_error)
     if results.training:
         lines += _training(results.training)
     return "\n".join(lines)

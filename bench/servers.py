@@ -99,6 +99,42 @@ def _status_kib(pid: int, key: str) -> int | None:
     return None
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        # After the last ')': a command name may hold spaces or parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def process_tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of `root`, every live descendant, and the children it has reaped (cutime,
+    cstime): a worker or decode process counts as the server's own."""
+    ticks = 0
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
+            parents[int(entry)] = int(fields[1])  # fields[1]: ppid (the line's 4th field)
+    tree, todo = {root}, [root]
+    while todo:
+        parent = todo.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                todo.append(pid)
+    for pid in tree:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            # utime, stime (14th, 15th fields of the line); the root adds its reaped children's.
+            ticks += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if pid == root else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def core_ms_per_request(cpu_s: float, requests: int) -> float | None:
+    """CPU seconds spent over a run ÷ the requests it answered, in core-milliseconds; None without requests."""
+    return cpu_s * 1000 / requests if requests > 0 else None
+
+
 class Server:
     """One real server process; use as a context manager so it is stopped whatever happens.
     `start()` = `spawn()` + `wait_ready()`; tests of start-up failures spawn without waiting."""
@@ -204,6 +240,11 @@ class Server:
         except OSError as exc:
             raise ServerError(f"{self.spec.name} is gone: {self._log_tail()}") from exc
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def tree_cpu_seconds(self) -> float:
+        """As cpu_seconds, for the process and every process it started."""
+        self.check_alive()
+        return process_tree_cpu_s(self.pid)
 
     def wait_idle(self, busy_fraction: float = 0.05, window_s: float = 0.25, timeout_s: float = 60.0) -> bool:
         """Waits until requests left over from the previous run (answered to closed connections) are done."""

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from bench.ceiling import SERVED, SERVED_FP32, CeilingResult
 from bench.endtoend import LoadRow
 from bench.preprocessing import PreprocessingResult
+
+if TYPE_CHECKING:  # bench.cpu and bench.fairness name this module's servers
+    from bench.cpu import CpuRow
+    from bench.fairness import FairnessResult
 
 SERVICE: Final = "service"
 SERVICE_INT8: Final = "service-int8"
 SERVICE_FP32: Final = "service-fp32"  # the service with PRECISION=fp32
 BASELINE_KERAS: Final = "baseline-a-keras"
 BASELINE_ONNX: Final = "baseline-b-onnx"
+BASELINE_OPENVINO: Final = "baseline-c-openvino"  # the 25-line FastAPI + OpenVINO server
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,8 @@ class Target:
 
     @property
     def margin(self) -> float | None:
-        """How far past the bound, as a fraction of it: positive passes, negative misses."""
-        if self.value is None:
+        """How far past the bound, as a fraction of it: positive passes, negative misses (None for a bound of 0)."""
+        if self.value is None or self.bound == 0:
             return None
         beyond = self.value - self.bound if self.direction == ">=" else self.bound - self.value
         return beyond / self.bound
@@ -68,8 +73,11 @@ def evaluate(
     preprocessing: Sequence[PreprocessingResult],
     rows: Sequence[LoadRow],
     corpora: Sequence[str],
+    cpu: Sequence[CpuRow] = (),
+    fairness: FairnessResult | None = None,
 ) -> list[Target]:
-    """Issue 13's targets (the service with its default settings, i.e. the variant PRECISION=auto serves, against
+    """The request path's targets against baseline (c) and the fairness scenario (`request_path_targets`), then
+    issue 13's targets (the service with its default settings, i.e. the variant PRECISION=auto serves, against
     the straightforward server (b); PRECISION=fp32 against its engine's batch-8 ceiling; a lone request against
     the served variant's batch-1 latency plus preprocessing), then issue 1's against baseline (a)."""
     served1 = _ceiling(ceiling, SERVED, 1)
@@ -111,4 +119,52 @@ def evaluate(
                 5.0, ">=",
             )
         )
+    return request_path_targets(rows, corpora, cpu, fairness) + targets
+
+
+def _beyond(cpu: Sequence[CpuRow], server: str, corpus: str, connections: int) -> float | None:
+    row = next((r for r in cpu if (r.server, r.corpus, r.connections) == (server, corpus, connections)), None)
+    return None if row is None else row.beyond_ms
+
+
+def request_path_targets(
+    rows: Sequence[LoadRow], corpora: Sequence[str], cpu: Sequence[CpuRow], fairness: FairnessResult | None
+) -> list[Target]:
+    """Never slower than baseline (c), the 25-line FastAPI + OpenVINO server, at 16 connections nor for a lone
+    request; no more work of its own per request (core-ms beyond the model and the decode); small requests
+    beside large uploads at most 5x their p99 alone, none refused or failed."""
+    targets = [
+        Target(
+            f"{corpus} 16 conn: service vs baseline (c)",
+            "service req/s ÷ baseline-c req/s",
+            _ratio(_rps(rows, SERVICE, corpus, 16), _rps(rows, BASELINE_OPENVINO, corpus, 16)),
+            1.0, ">=",
+        )
+        for corpus in corpora
+    ]
+    targets.append(
+        Target(
+            "elpv 1 conn: service p99 vs baseline (c)'s",
+            "service p99 ÷ baseline-c p99",
+            _ratio(_p99(rows, SERVICE, "elpv", 1), _p99(rows, BASELINE_OPENVINO, "elpv", 1)),
+            1.0, "<=",
+        )
+    )
+    for corpus in corpora:
+        service, baseline = _beyond(cpu, SERVICE, corpus, 16), _beyond(cpu, BASELINE_OPENVINO, corpus, 16)
+        targets.append(
+            Target(
+                f"{corpus} 16 conn: service core-ms beyond model and decode vs baseline (c)'s",
+                "(service core-ms/request − model − decode) ÷ baseline-c's",
+                _ratio(service, baseline) if baseline is None or baseline > 0 else None,
+                1.0, "<=",
+            )
+        )
+    if fairness is not None:
+        targets += [
+            Target("elpv beside 16 x 64 MP uploads: small p99 vs alone", "p99 beside ÷ p99 alone",
+                   fairness.p99_ratio, 5.0, "<="),
+            Target("elpv beside 16 x 64 MP uploads: small requests refused or failed", "non-2xx + socket errors",
+                   float(fairness.small_failures), 0.0, "<="),
+        ]  # fmt: skip
     return targets

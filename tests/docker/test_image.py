@@ -38,7 +38,9 @@ CONTEXT = Path(os.environ.get("DOCKER_BUILD_CONTEXT") or REPO).resolve()
 BASE_IMAGE = os.environ.get("DOCKER_BASE_IMAGE") or "python:3.11-slim"
 TAG = "cell-classifier:pytest"
 LABEL = "cell-classifier.pytest=1"
-MAX_IMAGE_BYTES = 400 * 1000 * 1000  # docker reports decimal MB
+# docker reports decimal MB. Measured 571 MB on local/python:3.11-slim with OpenVINO (the openvino wheel unpacks
+# to about 185 MB) beside onnxruntime; the limit leaves 5 % for a base image that grows.
+MAX_IMAGE_BYTES = 600 * 1000 * 1000
 BUILD_TIMEOUT_S = 1800  # a cold build downloads the dependencies
 READY_TIMEOUT_S = 90
 STOP_GRACE_S = 10  # docker stop's default before SIGKILL
@@ -140,8 +142,8 @@ def served(image: str) -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def in_process(default_model: Path) -> Iterator[TestClient]:
     """The same service in this process, over the same model file the image was built with."""
-    # The default image has onnxruntime only; the OpenVINO image is checked by its own test.
-    with TestClient(create_app(Settings(model_path=default_model, engine="onnxruntime"))) as client:
+    # Default settings on both sides: ENGINE=auto and PRECISION=auto choose the same variant on the same CPU.
+    with TestClient(create_app(Settings(model_path=default_model))) as client:
         yield client
 
 
@@ -194,12 +196,12 @@ def assert_same_answer(got: dict, expected: dict) -> None:
     for mine, theirs in zip(got["predictions"], expected["predictions"], strict=True):
         assert mine["filename"] == theirs["filename"]
         assert mine["label"] == theirs["label"]
-        # Same model and onnxruntime; threads may still reorder float sums in the last bits.
+        # Same model and engine; threads may still reorder float sums in the last bits.
         assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
         assert mine["scores"] == pytest.approx(theirs["scores"], abs=1e-6)
 
 
-def test_image_is_under_400_mb(image: str) -> None:
+def test_image_is_under_its_size_limit(image: str) -> None:
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
     assert size < MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.0f} MB"
 
@@ -211,7 +213,7 @@ def test_image_holds_only_the_service_and_the_default_model(served: Container) -
         "/app", "/app/service", "/app/models", "/app/models/model.onnx", "/app/models/model.json",
         "/app/models/model.int8.onnx",
     }
-    assert served.exec("python", "-c", "import service, onnxruntime, uvicorn").returncode == 0
+    assert served.exec("python", "-c", "import service, openvino, onnxruntime, uvicorn").returncode == 0
 
 
 def test_container_reports_healthy(served: Container) -> None:
@@ -307,7 +309,7 @@ def test_a_mounted_model_is_served(image: str, mounted_model: Path) -> None:
             card = client.get(f"{container.url}/model").json()
             got = predict(client, f"{container.url}/predict", "cell.png")
         assert card["name"] == "tiny-test-model"
-        with TestClient(create_app(Settings(model_path=mounted_model, engine="onnxruntime"))) as in_process:
+        with TestClient(create_app(Settings(model_path=mounted_model))) as in_process:
             assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
     finally:
         docker("rm", "--force", container.id, check=False)
@@ -393,30 +395,30 @@ def test_sixteen_64_megapixel_uploads_cannot_oom_kill_a_small_container(
         docker("rm", "--force", container.id, check=False)
 
 
-OPENVINO_TAG = "cell-classifier:pytest-openvino"
+def test_the_default_image_serves_with_openvino_like_the_in_process_service(
+    served: Container, default_model: Path
+) -> None:
+    """ENGINE=auto picks OpenVINO in the image as shipped, and answers as the service does here on OpenVINO."""
+    with httpx.Client(timeout=30) as client:
+        card = client.get(f"{served.url}/model").json()
+        got = predict(client, f"{served.url}/predict", "cell.png")
+    assert card["engine"] == got["model"]["engine"] == "openvino"
+    assert f"on openvino {card['precision']}" in served.logs()
+    settings = Settings(model_path=default_model, engine="openvino", precision=card["precision"])
+    with TestClient(create_app(settings)) as in_process:
+        assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
 
 
-def test_the_openvino_image_serves_with_openvino_like_the_in_process_service(default_model: Path) -> None:
-    """`--build-arg EXTRAS=openvino`: ENGINE=auto picks OpenVINO, and answers as the service does here."""
-    pytest.importorskip("openvino", reason="the in-process comparison needs the openvino extra")
-    command = [DOCKER, "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-               "--build-arg", "EXTRAS=openvino", "--label", LABEL, "-t", OPENVINO_TAG, str(CONTEXT)]
-    build = subprocess.run(command, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True, text=True,
-                           timeout=BUILD_TIMEOUT_S, check=False)
-    if build.returncode != 0:
-        pytest.fail(f"docker build failed ({build.returncode}):\n{(build.stdout + build.stderr)[-6000:]}")
-    container_id = docker("run", "-d", "-p", "127.0.0.1::8000", OPENVINO_TAG).stdout.strip()
+def test_onnxruntime_stays_in_the_image_as_the_fallback(image: str, default_model: Path) -> None:
+    """ENGINE=onnxruntime serves from the same image, and answers as the service does here on onnxruntime."""
+    container = run_container("-e", "ENGINE=onnxruntime")
     try:
-        container = Container(container_id, f"http://{docker('port', container_id, '8000/tcp').stdout.split()[0]}")
         container.wait_ready()
         with httpx.Client(timeout=30) as client:
-            card = client.get(f"{container.url}/model").json()
             got = predict(client, f"{container.url}/predict", "cell.png")
-        assert card["engine"] == got["model"]["engine"] == "openvino"
-        assert f"on openvino {card['precision']}" in container.logs()
-        settings = Settings(model_path=default_model, engine="openvino", precision=card["precision"])
+        assert got["model"]["engine"] == "onnxruntime"
+        settings = Settings(model_path=default_model, engine="onnxruntime")
         with TestClient(create_app(settings)) as in_process:
             assert_same_answer(got, predict(in_process, "/predict", "cell.png"))
     finally:
-        docker("rm", "--force", container_id, check=False)
-        docker("image", "prune", "--force", "--filter", f"label={LABEL}", check=False)
+        docker("rm", "--force", container.id, check=False)

@@ -29,7 +29,7 @@ ENGINES = [
     "onnxruntime",
     pytest.param(
         "openvino",
-        marks=pytest.mark.skipif(not openvino_engine.installed(), reason="the openvino extra is not installed"),
+        marks=pytest.mark.skipif(not openvino_engine.installed(), reason="openvino is not installed"),
     ),
 ]
 BOTH = from_flags({"avx512f", "avx512_vnni", "avx512_bf16"})
@@ -233,7 +233,7 @@ def test_auto_passes_over_a_variant_whose_file_is_absent(variant_model: Path) ->
     assert any(note.startswith("precision int8 on onnxruntime refused: its file ") for note in choice.notes)
 
 
-@pytest.mark.skipif(not openvino_engine.installed(), reason="the openvino extra is not installed")
+@pytest.mark.skipif(not openvino_engine.installed(), reason="openvino is not installed")
 @pytest.mark.parametrize(("threads", "streams"), [(1, 1), (2, 2)])
 def test_openvino_splits_a_batch_across_its_streams_and_answers_in_order(
     tiny_model_path: Path, threads: int, streams: int
