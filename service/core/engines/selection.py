@@ -46,7 +46,10 @@ def resolve_engine(requested: str, installed: tuple[EngineName, ...]) -> EngineN
     if requested == "auto":
         return openvino_engine.NAME if openvino_engine.NAME in installed else ort_engine.NAME
     if requested not in installed:
-        raise ModelLoadError(f"ENGINE={requested} is not installed: pip install '.[{requested}]' or set ENGINE=auto")
+        raise ModelLoadError(
+            f"ENGINE={requested} is not installed: pip install {requested} (a dependency of the service), "
+            "or set ENGINE=auto"
+        )
     return requested  # type: ignore[return-value]
 
 
