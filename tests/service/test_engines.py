@@ -143,8 +143,8 @@ def test_a_variant_outside_the_gate_is_refused_with_one_line(
         )
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refused == [
-        "precision int8 on onnxruntime refused: this CPU lacks VNNI (avx512_vnni, avx_vnni or amx_int8), so it "
-        "would not run faster than fp32; PRECISION=int8 serves it anyway"
+        "precision int8 on onnxruntime refused: this CPU lacks AVX2 or VNNI (avx2, avx512_vnni, avx_vnni or "
+        "amx_int8), so it would not run faster than fp32; PRECISION=int8 serves it anyway"
     ]
     assert classifier.engine.precision == "fp32"
 

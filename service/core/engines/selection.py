@@ -24,7 +24,7 @@ ENGINE_PRECISIONS: dict[EngineName, tuple[Precision, ...]] = {
     ort_engine.NAME: ort_engine.PRECISIONS,
     openvino_engine.NAME: openvino_engine.PRECISIONS,
 }
-_NATIVE_NEEDS = {"int8": "VNNI (avx512_vnni, avx_vnni or amx_int8)", "bf16": "AVX512-BF16 or AMX-BF16"}
+_NATIVE_NEEDS = {"int8": "AVX2 or VNNI (avx2, avx512_vnni, avx_vnni or amx_int8)", "bf16": "AVX512-BF16 or AMX-BF16"}
 
 
 @dataclass(frozen=True)
