@@ -95,12 +95,13 @@ class ServedModel:
         classifier = load_classifier(source, settings)
         version = version_name(source, classifier)
         warm_s = classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # fails when run: ModelLoadError
-        choice = request_path.choose(settings, classifier.predict)
+        threads = settings.decode_threads or available_cpus()
+        choice = request_path.choose(settings, classifier.infer, classifier.predict, threads)
         predictor: Predictor
         if choice.path == "direct":
             predictor = DirectPredictor(
                 classifier.infer, lone=classifier.predict, max_in_flight=settings.max_queue_images,
-                threads=settings.decode_threads or available_cpus(), on_batch=metrics.observe_batch,
+                threads=threads, on_batch=metrics.observe_batch,
             )
         else:
             predictor = MicroBatcher(

@@ -27,24 +27,24 @@ def settings(**values: object) -> Settings:
 @pytest.mark.parametrize("path", ["direct", "batched"])
 def test_a_set_request_path_is_taken_without_measuring(path: str) -> None:
     never = costing(10.0, 0)  # would take 10 s a call if measured
-    choice = request_path.choose(settings(request_path=path), never)
+    choice = request_path.choose(settings(request_path=path), never, never, 2)
     assert (choice.path, choice.batch1_images_per_s) == (path, None)
 
 
 def test_a_batch_size_of_one_is_direct() -> None:
     never = costing(10.0, 0)
-    assert request_path.choose(settings(max_batch_size=1), never).path == "direct"
+    assert request_path.choose(settings(max_batch_size=1), never, never, 2).path == "direct"
 
 
 def test_auto_batches_when_a_batch_runs_its_images_much_faster() -> None:
     # Per-call overhead dominates: batch 8 costs about what batch 1 does.
-    choice = request_path.choose(settings(), costing(0.004, 0.0001))
+    choice = request_path.choose(settings(), costing(0.004, 0.0001), costing(0.004, 0.0001), 1)
     assert choice.path == "batched"
     assert choice.batched_images_per_s > 2 * choice.batch1_images_per_s  # type: ignore[operator]
 
 
 def test_auto_runs_direct_when_batches_gain_less_than_the_minimum() -> None:
     # Per-image cost dominates: a batch of 8 costs 8 single images.
-    choice = request_path.choose(settings(batching_min_gain=1.25), costing(0, 0.002))
+    choice = request_path.choose(settings(batching_min_gain=1.25), costing(0, 0.002), costing(0, 0.002), 1)
     assert choice.path == "direct"
     assert "below BATCHING_MIN_GAIN=1.25" in choice.reason
