@@ -156,7 +156,7 @@ class BatchingSettings(BaseSettings):
         "auto", description="auto = batched only when the served model's batches measure BATCHING_MIN_GAIN at load"
     )
     batching_min_gain: float = Field(
-        1.25, gt=0, description="batch MAX_BATCH_SIZE images/s over batch 1's at which auto batches"
+        1.25, gt=0, description="a batch's images/s over single images' (measured at load) at which auto batches"
     )
 
     max_batch_size: int = Field(8, ge=1, le=256, description="images run by the engine at once")
