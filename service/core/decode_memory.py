@@ -99,7 +99,9 @@ class DecodeBudget:
         self.max_wait_s = max_wait_s
         self._in_use = 0
         self._released = asyncio.Event()
-        # try_acquire runs on decode threads; everything else on the event loop (releases included).
+        # Callers of acquire waiting for room: a decode thread's release wakes the event loop only for them.
+        self._waiters = 0
+        # try_acquire and release_from_thread run on decode threads; everything else on the event loop.
         self._lock = threading.Lock()
 
     @property
@@ -121,6 +123,16 @@ class DecodeBudget:
             self._in_use += nbytes
             return True
 
+    def _take_or_wait(self, nbytes: int) -> asyncio.Event | None:
+        """None when nbytes were reserved; else the event the next release sets, with this caller counted as
+        waiting (both under the lock, so a release from a thread cannot slip between them unseen)."""
+        with self._lock:
+            if self._in_use + nbytes <= self.limit_bytes:
+                self._in_use += nbytes
+                return None
+            self._waiters += 1
+            return self._released
+
     def try_acquire(self, nbytes: int) -> bool:
         """Reserves nbytes now if they fit, from any thread; False when the caller must wait (acquire)."""
         self.check_fits_alone(nbytes)
@@ -133,8 +145,7 @@ class DecodeBudget:
         give_up = loop.time() + self.max_wait_s
         if deadline is not None:
             give_up = min(give_up, deadline)
-        while not self._take(nbytes):
-            released = self._released
+        while (released := self._take_or_wait(nbytes)) is not None:
             try:
                 async with asyncio.timeout_at(give_up):
                     await released.wait()
@@ -143,11 +154,27 @@ class DecodeBudget:
                     f"decoding memory is busy ({self._in_use / MB:.0f} of {self.limit_bytes / MB:.0f} MB in use, "
                     f"this image needs {nbytes / MB:.0f} MB)"
                 ) from None
+            finally:
+                with self._lock:
+                    self._waiters -= 1
 
-    def release(self, nbytes: int) -> None:
-        """On the event loop (a decode thread hands it over with call_soon_threadsafe)."""
+    def release_from_thread(self, nbytes: int, loop: asyncio.AbstractEventLoop) -> None:
+        """From a decode thread, the moment its decode ends. The event loop is woken only when a caller waits
+        for room: otherwise every image would cost one more wake-up of the loop for nothing."""
         with self._lock:
             self._in_use -= nbytes
+            waiting = self._waiters > 0
+        if waiting:
+            with suppress(RuntimeError):  # the loop is closed: nothing is left to admit
+                loop.call_soon_threadsafe(self._wake_waiters)
+
+    def release(self, nbytes: int) -> None:
+        """On the event loop."""
+        with self._lock:
+            self._in_use -= nbytes
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         # Wake every waiter: each checks whether it fits now (a small one may while a large one may not).
         self._released.set()
         self._released = asyncio.Event()

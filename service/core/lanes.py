@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -70,8 +69,7 @@ def _decode_and_then(
             array = preprocess_image(image)
     finally:
         # Released as soon as the decode ends (before any inference), whether or not its caller still waits.
-        with suppress(RuntimeError):  # the loop is closed: nothing is left to admit
-            loop.call_soon_threadsafe(budget.release, nbytes)
+        budget.release_from_thread(nbytes, loop)
     return Processed(array, then(array) if then is not None else None)
 
 

@@ -216,3 +216,32 @@ def test_model_card_states_the_decode_limits(make_client: Callable[..., TestClie
     card = make_client(DECODE_MEMORY_BUDGET_BYTES=300_000_000).get("/model").json()
     assert card["limits"]["decode_memory_budget_bytes"] == 300_000_000
     assert card["limits"]["max_pixels"] == pixels_within(300_000_000)
+
+
+def test_a_release_from_a_decode_thread_wakes_a_caller_waiting_for_room() -> None:
+    async def scenario() -> int:
+        budget = DecodeBudget(100, max_wait_s=TIMEOUT_S)
+        await budget.acquire(100)
+        waiting = asyncio.create_task(budget.acquire(60))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(budget.release_from_thread, 100, loop)
+        await asyncio.wait_for(waiting, 5)  # woken, not left to its 30 s wait
+        return budget.in_use
+
+    assert run(scenario()) == 60
+
+
+def test_a_release_from_a_decode_thread_leaves_the_loop_alone_when_nobody_waits() -> None:
+    class CountingLoop:
+        calls = 0
+
+        def call_soon_threadsafe(self, *args: Any) -> None:
+            self.calls += 1
+
+    budget = DecodeBudget(100, max_wait_s=0)
+    assert budget.try_acquire(40)
+    loop = CountingLoop()
+    budget.release_from_thread(40, loop)  # type: ignore[arg-type]
+    assert (budget.in_use, loop.calls) == (0, 0)
