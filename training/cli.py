@@ -197,9 +197,7 @@ def run(settings: TrainSettings) -> dict:
     import keras
 
     from training import pipeline as step
-    from training.evaluate import binary_metrics
-    from training.export import onnx_predict, write_metadata
-    from training.fit import read_history
+    from training.export import write_metadata
 
     keras.utils.set_random_seed(settings.fit.seed)
     loaded = step.load_data(settings.data, settings.fit.seed, cv=bool(settings.selection.cv))
@@ -216,15 +214,12 @@ def run(settings: TrainSettings) -> dict:
         keras.utils.set_random_seed(settings.fit.seed)
     model = step.build_model(settings.fit)
     checkpoints = step.fit_or_load(settings, model, parts, fit_settings)
-    history = read_history(checkpoints.history)
-    throughput = [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
+    epochs_run, throughput = step.epochs_and_throughput(checkpoints)
     model = step.float32_model(settings.fit, model)
     step.recalibrate(settings, model, parts)
     threshold, threshold_selection = step.choose_threshold(settings.output, model, parts, selection)
 
-    probability = model.predict(parts.test.x, batch_size=64, verbose=0)[:, 0]
-    test_metrics = binary_metrics(parts.test.y, probability, threshold)
-    log.info("held-out test: %s", test_metrics)
+    probability, test_metrics = step.keras_held_out(model, parts.test, threshold)
     train_metrics = step.inference_mode_metrics(model, parts.train, threshold)
     step.write_plots(settings.output.out, checkpoints.history, parts.test, probability, test_metrics,
                      loaded.everything.class_names)
@@ -233,19 +228,16 @@ def run(settings: TrainSettings) -> dict:
     # Before the export: --compare-with may name the file this run is about to replace.
     previous = step.previous_answers(settings.selection.compare_with, parts.test)
     difference = step.export_verified(model, onnx_path, parts.test)
-    onnx_probability = onnx_predict(onnx_path, parts.test.x)[:, 0]
-    onnx_metrics = step.with_interval(binary_metrics(parts.test.y, onnx_probability, threshold))
+    onnx_probability, onnx_metrics = step.onnx_held_out(onnx_path, parts.test, threshold)
     metadata = step.card(
         settings, loaded, threshold, threshold_selection, selection,
         test_metrics=onnx_metrics, keras_test_metrics=test_metrics, train_metrics=train_metrics,
         comparison=step.compare_with_previous(previous, parts.test, onnx_probability, threshold),
         export_difference=difference,
-        training=step.training_record(settings, fit_settings, len(history), throughput, int(model.count_params())),
+        training=step.training_record(settings, fit_settings, epochs_run, throughput, int(model.count_params())),
     )  # fmt: skip
     if settings.output.tta:
-        tta_threshold = threshold
-        if selection is not None and selection.flips_threshold is not None:
-            tta_threshold = selection.flips_threshold
+        tta_threshold = step.flips_threshold(threshold, selection)
         tta_path, tta_metrics = step.export_flip_averaged(model, onnx_path, metadata, parts.test, tta_threshold,
                                                           onnx_metrics)
         metadata["flip_averaged_variant"] = step.flip_averaged_variant(tta_path, tta_threshold, tta_metrics)

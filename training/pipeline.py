@@ -40,7 +40,7 @@ from training.export import (
     verify_export,
     write_metadata,
 )
-from training.fit import CheckpointPaths, FitSettings, fit
+from training.fit import CheckpointPaths, FitSettings, fit, read_history
 from training.flips import FLIPS, with_flip_averaging
 from training.folds import stratified_folds
 from training.model import compile_model, make_model
@@ -156,6 +156,12 @@ def fit_or_load(
     return checkpoints
 
 
+def epochs_and_throughput(checkpoints: CheckpointPaths) -> tuple[int, list[float]]:
+    """Epochs the fit ran and its training images/s per epoch, from its history.csv."""
+    history = read_history(checkpoints.history)
+    return len(history), [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
+
+
 def float32_model(recipe: RecipeSettings, model: keras.Model) -> keras.Model:
     """The served graph is float32: same weights, float32 arithmetic."""
     if not recipe.mixed_precision:
@@ -185,6 +191,22 @@ def choose_threshold(
     threshold = best_threshold(parts.validation.y, model.predict(parts.validation.x, batch_size=64, verbose=0)[:, 0])
     log.info("threshold %.3f maximises validation accuracy", threshold)
     return threshold, "maximises validation accuracy"
+
+
+def keras_held_out(
+    model: keras.Model, test: datasets.LabelledImages, threshold: float
+) -> tuple[np.ndarray, dict]:
+    """The Keras model's held-out probabilities and metrics, before the export."""
+    probability = model.predict(test.x, batch_size=64, verbose=0)[:, 0]
+    metrics = binary_metrics(test.y, probability, threshold)
+    log.info("held-out test: %s", metrics)
+    return probability, metrics
+
+
+def onnx_held_out(path: Path, test: datasets.LabelledImages, threshold: float) -> tuple[np.ndarray, dict]:
+    """The exported file's held-out probabilities and metrics (with the accuracy's interval): the card's."""
+    probability = onnx_predict(path, test.x)[:, 0]
+    return probability, with_interval(binary_metrics(test.y, probability, threshold))
 
 
 def inference_mode_metrics(model: keras.Model, images: datasets.LabelledImages, threshold: float) -> dict:
@@ -334,6 +356,13 @@ def card(
         "versions": versions(),
         "quantization": None,
     }  # fmt: skip
+
+
+def flips_threshold(threshold: float, selection: OutOfFold | None) -> float:
+    """The flip-averaged file's threshold: the folds' own for it with --cv, else the plain model's."""
+    if selection is not None and selection.flips_threshold is not None:
+        return selection.flips_threshold
+    return threshold
 
 
 def flip_averaged_variant(path: Path, threshold: float, metrics: dict) -> dict:
