@@ -16,8 +16,6 @@ from pathlib import Path
 from training.environment import check_training_dependencies, missing_training_dependency, quiet_tensorflow
 from training.settings import GROUPS, SettingsError, TrainSettings
 
-log = logging.getLogger("train")
-
 
 def _filters(text: str) -> tuple[int, ...]:
     """'8,16,32' -> (8, 16, 32); at most three blocks fit a 100x100 input."""
