@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 32) -> int:
@@ -21,8 +22,6 @@ def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 3
     moments in float32 (a float64 copy of them is 2.5 GB per 64 images); the batches' moments are
     then pooled in float64 (Chan et al.'s parallel variance), which needs no E[x^2] - E[x]^2.
     """
-    import tensorflow as tf
-
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
         probe = keras.Model(model.inputs, layer.input)

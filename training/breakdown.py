@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the ONNX model; its metadata is the .json beside it",
     )
     args = parser.parse_args(argv)
+    # TensorFlow takes seconds to import: after the options, so --help and a bad option answer at once.
     from training.export import onnx_predict
 
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import keras
 import ray
+import tensorflow as tf
 
 from training.crossval import check_same_folds, fold_paths, run_fold
 from training.data import DataError, LabelledImages
@@ -43,8 +44,6 @@ def attempts_path(root: Path, number: int) -> Path:
 
 
 def _limit_threads(threads: int) -> None:
-    import tensorflow as tf
-
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=("elpv", "folder"), default="elpv")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args(argv)
+    # TensorFlow takes seconds to import: after the options, so --help and a bad option answer at once.
     from training import data as datasets
     from training.crossval import fold_paths, summarize
     from training.folds import stratified_folds

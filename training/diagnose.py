@@ -22,6 +22,7 @@ import numpy as np
 
 
 def _stratified_subset(y: np.ndarray, count: int, seed: int) -> np.ndarray:
+    # scikit-learn takes seconds to import; main() calls this after --help could have answered.
     from sklearn.model_selection import train_test_split
 
     if count >= len(y):
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the per-epoch figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
+    # TensorFlow takes seconds to import: after the options, so --help and a bad option answer at once.
     import keras
 
     from training import data as datasets
+    from training.batchnorm import recalibrate_batchnorm
     from training.fit import make_dataset
     from training.model import compile_model, make_model
 
@@ -90,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
                           "float32_inference_train_accuracy": round(scored["accuracy"], 4)}), flush=True)
         rows.append({"float32_inference_train": scored})
     # Same weights, BatchNorm statistics measured in inference mode on the fitted images.
-    from training.batchnorm import recalibrate_batchnorm
-
     recalibrate_batchnorm(model, train.x)
     fitted = model.evaluate(train.x, train.y, batch_size=64, verbose=0, return_dict=True)
     held = model.evaluate(parts.validation.x, parts.validation.y, batch_size=64, verbose=0, return_dict=True)

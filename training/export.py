@@ -17,6 +17,8 @@ from service.core.model_card import ModelCardError, card_path_for, validate_mode
 EXPORT_TOLERANCE = 1e-4
 OPSET = 17
 INPUT_NAME = "input"
+# Recorded in the card: tf2onnx.convert.from_keras breaks on Keras 3 (export_onnx).
+EXPORT_TOOL = "tf2onnx.convert.from_function"
 
 
 class ExportError(Exception):

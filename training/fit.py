@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.batchnorm import recalibrate_batchnorm
 from training.data import LabelledImages
 
 if TYPE_CHECKING:
@@ -198,8 +199,6 @@ class EpochPredictions(keras.callbacks.Callback):
 
     def _predict(self) -> np.ndarray:
         if self.calibration_x is not None:
-            from training.batchnorm import recalibrate_batchnorm
-
             recalibrate_batchnorm(self.model, self.calibration_x)
         return self.model.predict(self.x, batch_size=64, verbose=0)[:, 0].astype(np.float32)
 

@@ -1,27 +1,52 @@
 """The named steps of `train`, in the order cli.run calls them: data, (cross-validation), model, fit,
-threshold, held-out evaluation, plots, export (+ flip-averaged variant), metadata, INT8."""
+threshold, held-out evaluation, plots, export (+ flip-averaged variant), the card, INT8. Each takes the typed
+settings (training/settings.py) or the group it needs, so a step runs without the command line."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import platform
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from service.core.model_card import ModelCardError, card_path_for, read_model_card
+from service.core.model_card import (
+    DataSplit,
+    FlipAveragedVariant,
+    ModelCardError,
+    TensorSpec,
+    card_path_for,
+    read_model_card,
+)
 from service.core.preprocessing import INPUT_SIZE, PREPROCESSING_DESCRIPTION
 from training import data as datasets
-from training.crossval import OutOfFold
-from training.evaluate import best_threshold, binary_metrics
-from training.export import onnx_predict
-from training.fit import CheckpointPaths, FitSettings
+from training.batchnorm import recalibrate_batchnorm
+from training.crossval import OutOfFold, run_folds, summarize
+from training.evaluate import best_threshold, binary_metrics, log_loss, plot_confusion, plot_history, plot_roc
+from training.export import (
+    EXPORT_TOLERANCE,
+    EXPORT_TOOL,
+    INPUT_NAME,
+    OPSET,
+    export_onnx,
+    onnx_predict,
+    sha256_of,
+    verify_export,
+    write_metadata,
+)
+from training.fit import CheckpointPaths, FitSettings, fit, read_history
+from training.flips import FLIPS, with_flip_averaging
+from training.folds import stratified_folds
+from training.model import compile_model, make_model
+from training.quantize import quantize_int8
+from training.settings import DataSettings, OutputSettings, RecipeSettings, TrainSettings
+from training.significance import accuracy_interval, mcnemar_exact
 
 log = logging.getLogger("train")
 # Enough for stable activation ranges; the calibrator keeps every batch's activations in memory.
@@ -34,143 +59,133 @@ class Loaded:
     parts: datasets.Split
 
 
-def load_data(args: argparse.Namespace) -> Loaded:
-    """The data set and its split; with --cv no validation split (the folds validate)."""
-    loaded = datasets.load_elpv() if args.dataset == "elpv" else datasets.load_folder(args.data_dir)
+def load_data(data: DataSettings, seed: int, cv: bool = False) -> Loaded:
+    """The data set and its split; with cv no validation split (the folds validate)."""
+    loaded = datasets.load_elpv() if data.dataset == "elpv" else datasets.load_folder(data.data_dir)
     log.info("loaded %d images: %s", len(loaded), loaded.class_counts())
-    everything = datasets.with_positive_class(loaded, args.positive_class)  # a wrong name fails before the split
+    everything = datasets.with_positive_class(loaded, data.positive_class)  # a wrong name fails before the split
     negative, positive = everything.class_names
     log.info("classes: 0 = %s, 1 = %s: the model's probability = p(%s) (--positive-class chooses)",
              negative, positive, positive)
-    if args.validation_data is not None:
-        parts = datasets.split(loaded, args.test_split, 0.0, args.seed)
-        validation = datasets.load_folder(args.validation_data)
+    if data.validation_data is not None:
+        parts = datasets.split(loaded, data.test_split, 0.0, seed)
+        validation = datasets.load_folder(data.validation_data)
         if validation.class_names != loaded.class_names:
             raise datasets.DataError(
                 f"validation classes {validation.class_names} differ from {loaded.class_names}"
             )
         parts = datasets.Split(parts.train, validation, parts.test)
     else:
-        parts = datasets.split(loaded, args.test_split, 0.0 if args.cv else args.validation_split, args.seed)
+        parts = datasets.split(loaded, data.test_split, 0.0 if cv else data.validation_split, seed)
     log.info("split: train %d, validation %d, test %d", len(parts.train), len(parts.validation), len(parts.test))
-    return Loaded(everything, datasets.positive_split(parts, args.positive_class))
+    return Loaded(everything, datasets.positive_split(parts, data.positive_class))
 
 
-def fit_settings(args: argparse.Namespace) -> FitSettings:
+def fit_settings(settings: TrainSettings) -> FitSettings:
+    recipe = settings.fit
     return FitSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        augment=args.augment, class_weight=args.class_weight,
-        early_stopping_patience=args.early_stopping_patience,
-        reduce_lr_patience=args.reduce_lr_patience, seed=args.seed, resume=args.resume,
-        quarter_turns=args.quarter_turns, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-        soft_targets=args.soft_targets, jitter=args.jitter,
+        epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        augment=recipe.augment, class_weight=recipe.class_weight,
+        early_stopping_patience=recipe.early_stopping_patience,
+        reduce_lr_patience=recipe.reduce_lr_patience, seed=recipe.seed, resume=recipe.resume,
+        quarter_turns=recipe.quarter_turns, lr_schedule=recipe.lr_schedule, warmup_epochs=recipe.warmup_epochs,
+        soft_targets=recipe.soft_targets, jitter=recipe.jitter,
         # A best-validation checkpoint holds raw weights, which would throw the average away.
-        keep="last" if args.cv or args.ema else "best",
+        keep="last" if settings.selection.cv or recipe.ema else "best",
     )  # fmt: skip
 
 
-def build_model(args: argparse.Namespace) -> keras.Model:
-    from training.model import compile_model, make_model
-
+def build_model(recipe: RecipeSettings) -> keras.Model:
     return compile_model(
-        make_model((*INPUT_SIZE, 1), filters=args.filters), learning_rate=args.learning_rate,
-        ema_momentum=args.ema_momentum if args.ema else None,
+        make_model((*INPUT_SIZE, 1), filters=recipe.filters), learning_rate=recipe.learning_rate,
+        ema_momentum=recipe.ema_momentum if recipe.ema else None,
     )
 
 
-def cross_validate(args: argparse.Namespace, loaded: Loaded, settings: FitSettings) -> OutOfFold:
+def cross_validate(settings: TrainSettings, loaded: Loaded, fit_recipe: FitSettings) -> OutOfFold:
     """--cv K: the recipe fitted K times, every non-test image predicted once out of fold."""
-    from training.crossval import run_folds, summarize
-    from training.folds import stratified_folds
-
-    root = cv_root(args)
-    folds = stratified_folds(loaded.parts.train, args.cv, args.seed)
-    if args.export_only:  # the folds ran before: read what they measured, fit nothing
-        numbers = [fold.number for fold in folds[: args.cv_only or len(folds)]]
-    elif getattr(args, "ray", None) is not None:
+    selection, cluster = settings.selection, settings.cluster
+    root = cv_root(settings)
+    folds = stratified_folds(loaded.parts.train, selection.cv, settings.fit.seed)
+    if settings.output.export_only:  # the folds ran before: read what they measured, fit nothing
+        numbers = [fold.number for fold in folds[: selection.cv_only or len(folds)]]
+    elif cluster.ray is not None:
+        # Ray is an optional extra (the `ray` install): imported only when the folds go to a cluster.
         from training.cv_ray import run_folds_on_ray
 
-        numbers = run_folds_on_ray(loaded.parts.train, folds, settings, root, lambda: build_model(args),
-                                   only=args.cv_only, address=args.ray or None, fold_cpus=args.fold_cpus)
+        numbers = run_folds_on_ray(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.fit),
+                                   only=selection.cv_only, address=cluster.ray or None, fold_cpus=cluster.fold_cpus)
     else:
-        numbers = run_folds(loaded.parts.train, folds, settings, root, lambda: build_model(args), only=args.cv_only)
-    selection = summarize(loaded.parts.train, folds, root, numbers)
-    selection.summary.update({
-        "seed": args.seed, "fold_sizes": [len(fold.validation) for fold in folds],
-        "stratified_on": "label x annotators' vote share x cell type" if args.dataset == "elpv" else "label",
+        numbers = run_folds(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.fit),
+                            only=selection.cv_only)
+    out_of_fold = summarize(loaded.parts.train, folds, root, numbers)
+    out_of_fold.summary.update({
+        "seed": settings.fit.seed, "fold_sizes": [len(fold.validation) for fold in folds],
+        "stratified_on": "label x annotators' vote share x cell type" if settings.data.dataset == "elpv" else "label",
         "fold_membership": str(root / "folds.json"),
     })  # fmt: skip
-    log.info("out of fold: %s", json.dumps(selection.summary))
-    return selection
+    log.info("out of fold: %s", json.dumps(out_of_fold.summary))
+    return out_of_fold
 
 
-def cv_root(args: argparse.Namespace) -> Path:
+def cv_root(settings: TrainSettings) -> Path:
     """Where the folds write: --storage (reached by every node) with --ray, else CHECKPOINT_DIR/cv."""
-    storage = getattr(args, "storage", None)
-    return (storage or checkpoint_paths(args).root) / "cv"
-
-
-def checkpoint_paths(args: argparse.Namespace) -> CheckpointPaths:
-    return CheckpointPaths(args.checkpoint_dir or args.out / "checkpoints")
+    return (settings.cluster.storage or settings.output.checkpoints) / "cv"
 
 
 def fit_or_load(
-    args: argparse.Namespace, model: keras.Model, parts: datasets.Split, settings: FitSettings
+    settings: TrainSettings, model: keras.Model, parts: datasets.Split, fit_recipe: FitSettings
 ) -> CheckpointPaths:
     """Fits (or with --export-only loads) the weights the run keeps; returns where they are."""
-    from training.fit import fit
-
-    checkpoints = checkpoint_paths(args)
-    if args.cv:
+    checkpoints = CheckpointPaths(settings.output.checkpoints)
+    if settings.selection.cv:
         checkpoints = CheckpointPaths(checkpoints.root / "final")
-    weights = checkpoints.weights_to_export(settings.keep)
-    if args.export_only:
+    weights = checkpoints.weights_to_export(fit_recipe.keep)
+    if settings.output.export_only:
         if not weights.exists():
             raise datasets.DataError(f"no checkpoint to export: {weights} does not exist")
         model.load_weights(str(weights))
         return checkpoints
-    if args.initial_weights is not None:
+    initial = settings.fit.initial_weights
+    if initial is not None:
         try:
-            model.load_weights(str(args.initial_weights))
+            model.load_weights(str(initial))
         except (ValueError, OSError) as exc:
-            raise datasets.DataError(f"cannot load --initial-weights {args.initial_weights}: {exc}") from exc
-    fit(model, parts.train, parts.validation or None, settings, checkpoints)
+            raise datasets.DataError(f"cannot load --initial-weights {initial}: {exc}") from exc
+    fit(model, parts.train, parts.validation or None, fit_recipe, checkpoints)
     return checkpoints
 
 
-def float32_model(args: argparse.Namespace, model: keras.Model) -> keras.Model:
-    """The served graph is float32: same weights, float32 arithmetic."""
-    from training.model import make_model
+def epochs_and_throughput(checkpoints: CheckpointPaths) -> tuple[int, list[float]]:
+    """Epochs the fit ran and its training images/s per epoch, from its history.csv."""
+    history = read_history(checkpoints.history)
+    return len(history), [float(row["train_images_per_s"]) for row in history if row.get("train_images_per_s")]
 
-    if not args.mixed_precision:
+
+def float32_model(recipe: RecipeSettings, model: keras.Model) -> keras.Model:
+    """The served graph is float32: same weights, float32 arithmetic."""
+    if not recipe.mixed_precision:
         return model
     keras.mixed_precision.set_global_policy("float32")
-    served = make_model((*INPUT_SIZE, 1), filters=args.filters)
+    served = make_model((*INPUT_SIZE, 1), filters=recipe.filters)
     served.set_weights(model.get_weights())
     return served
 
 
-def recalibrates_batchnorm(args: argparse.Namespace) -> bool:
-    """Always with --cv: the folds' out-of-fold predictions, which chose the recipe, were measured so."""
-    return bool(args.recalibrate_batchnorm or args.cv)
-
-
-def recalibrate(args: argparse.Namespace, model: keras.Model, parts: datasets.Split) -> None:
-    if recalibrates_batchnorm(args):
-        from training.batchnorm import recalibrate_batchnorm
-
+def recalibrate(settings: TrainSettings, model: keras.Model, parts: datasets.Split) -> None:
+    if settings.recalibrates_batchnorm:
         count = recalibrate_batchnorm(model, parts.train.x)
         log.info("BatchNorm statistics of %d layers measured on %d training images", count, len(parts.train))
 
 
 def choose_threshold(
-    args: argparse.Namespace, model: keras.Model, parts: datasets.Split, selection: OutOfFold | None
+    output: OutputSettings, model: keras.Model, parts: datasets.Split, selection: OutOfFold | None
 ) -> tuple[float, str]:
     """From the folds with --cv, from the validation split with --threshold auto, else as given."""
     if selection is not None:
         return selection.threshold, "maximises pooled out-of-fold accuracy (--cv)"
-    if args.threshold != "auto":
-        return args.threshold, "fixed by --threshold"
+    if output.threshold != "auto":
+        return output.threshold, "fixed by --threshold"
     if not len(parts.validation):
         raise datasets.DataError("--threshold auto needs a validation set")
     threshold = best_threshold(parts.validation.y, model.predict(parts.validation.x, batch_size=64, verbose=0)[:, 0])
@@ -178,17 +193,29 @@ def choose_threshold(
     return threshold, "maximises validation accuracy"
 
 
+def keras_held_out(
+    model: keras.Model, test: datasets.LabelledImages, threshold: float
+) -> tuple[np.ndarray, dict]:
+    """The Keras model's held-out probabilities and metrics, before the export."""
+    probability = model.predict(test.x, batch_size=64, verbose=0)[:, 0]
+    metrics = binary_metrics(test.y, probability, threshold)
+    log.info("held-out test: %s", metrics)
+    return probability, metrics
+
+
+def onnx_held_out(path: Path, test: datasets.LabelledImages, threshold: float) -> tuple[np.ndarray, dict]:
+    """The exported file's held-out probabilities and metrics (with the accuracy's interval): the card's."""
+    probability = onnx_predict(path, test.x)[:, 0]
+    return probability, with_interval(binary_metrics(test.y, probability, threshold))
+
+
 def inference_mode_metrics(model: keras.Model, images: datasets.LabelledImages, threshold: float) -> dict:
     """Metrics of the model as served (no dropout, moving statistics), plus the log loss."""
-    from training.evaluate import log_loss
-
     probability = model.predict(images.x, batch_size=64, verbose=0)[:, 0]
     return {**binary_metrics(images.y, probability, threshold), "log_loss": log_loss(images.y, probability)}
 
 
 def with_interval(metrics: dict) -> dict:
-    from training.significance import accuracy_interval
-
     correct = metrics["confusion_matrix"]["tn"] + metrics["confusion_matrix"]["tp"]
     low, high = accuracy_interval(correct, metrics["images"])
     return {**metrics, "accuracy_interval_95": {"low": low, "high": high, "method": "Wilson"}}
@@ -218,8 +245,6 @@ def compare_with_previous(
     """McNemar's exact test against the earlier model on the same held-out images, each at its threshold."""
     if previous is None:
         return None
-    from training.significance import mcnemar_exact
-
     previous_correct = (previous.probability >= previous.threshold) == test.y
     result = mcnemar_exact((probability >= threshold) == test.y, previous_correct)
     return {"model": str(previous.model), "threshold": previous.threshold,
@@ -229,8 +254,6 @@ def compare_with_previous(
 
 def write_plots(out: Path, history_csv: Path, test: datasets.LabelledImages, probability: np.ndarray,
                 test_metrics: dict, class_names: tuple[str, str]) -> None:
-    from training.evaluate import plot_confusion, plot_history, plot_roc
-
     if history_csv.exists():
         plot_history(history_csv, out / "training_curves.png")
     plot_roc(test.y, probability, out / "roc_curve.png")
@@ -238,8 +261,6 @@ def write_plots(out: Path, history_csv: Path, test: datasets.LabelledImages, pro
 
 
 def export_verified(model: keras.Model, path: Path, test: datasets.LabelledImages) -> float:
-    from training.export import export_onnx, verify_export
-
     export_onnx(model, path)
     difference = verify_export(model, path, test.x[:64])
     log.info("exported %s; max |keras - onnx| = %.2e on %d held-out images", path, difference, min(64, len(test)))
@@ -247,8 +268,6 @@ def export_verified(model: keras.Model, path: Path, test: datasets.LabelledImage
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {"python": platform.python_version()}
     for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow"):
         with contextlib.suppress(PackageNotFoundError):
@@ -256,63 +275,105 @@ def versions() -> dict[str, str]:
     return found
 
 
-def training_record(args: argparse.Namespace, settings: FitSettings, epochs_run: int, throughput: list[float],
+def training_record(settings: TrainSettings, fit_recipe: FitSettings, epochs_run: int, throughput: list[float],
                     parameters: int) -> dict:
-    from training.export import sha256_of
-
+    recipe = settings.fit
     return {
-        "epochs_requested": args.epochs, "epochs_run": epochs_run,
-        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "epochs_requested": recipe.epochs, "epochs_run": epochs_run,
+        "batch_size": recipe.batch_size, "learning_rate": recipe.learning_rate,
         "optimizer": "adam", "loss": "binary_crossentropy",
-        "augment": args.augment, "quarter_turns": args.quarter_turns,
-        "lr_schedule": args.lr_schedule, "warmup_epochs": args.warmup_epochs, "class_weight": args.class_weight,
-        "soft_targets": args.soft_targets, "jitter": args.jitter,
-        "ema_momentum": args.ema_momentum if args.ema else None,
-        "recalibrate_batchnorm": recalibrates_batchnorm(args),
-        "kept_weights": settings.keep, "stopped_after_epochs": settings.stop_after,
-        "initial_weights": None if args.initial_weights is None else {
-            "file": str(args.initial_weights), "sha256": sha256_of(args.initial_weights)},
-        "early_stopping_patience": args.early_stopping_patience,
-        "reduce_lr_patience": args.reduce_lr_patience, "mixed_precision": args.mixed_precision,
-        "filters": list(args.filters), "parameters": parameters,
+        "augment": recipe.augment, "quarter_turns": recipe.quarter_turns,
+        "lr_schedule": recipe.lr_schedule, "warmup_epochs": recipe.warmup_epochs,
+        "class_weight": recipe.class_weight, "soft_targets": recipe.soft_targets, "jitter": recipe.jitter,
+        "ema_momentum": recipe.ema_momentum if recipe.ema else None,
+        "recalibrate_batchnorm": settings.recalibrates_batchnorm,
+        "kept_weights": fit_recipe.keep, "stopped_after_epochs": fit_recipe.stop_after,
+        "initial_weights": None if recipe.initial_weights is None else {
+            "file": str(recipe.initial_weights), "sha256": sha256_of(recipe.initial_weights)},
+        "early_stopping_patience": recipe.early_stopping_patience,
+        "reduce_lr_patience": recipe.reduce_lr_patience, "mixed_precision": recipe.mixed_precision,
+        "filters": list(recipe.filters), "parameters": parameters,
         "images_per_s_per_epoch": [round(v, 2) for v in throughput],
-        "command": args.command,
+        "command": settings.command,
     }  # fmt: skip
 
 
-def base_metadata(args: argparse.Namespace, loaded: Loaded, threshold: float, threshold_selection: str) -> dict:
-    parts = loaded.parts
+def export_record(difference: float) -> dict:
+    """How the .onnx file was made and how closely it reproduces Keras (verify_export's tolerance)."""
+    return {"tool": EXPORT_TOOL, "opset": OPSET, "max_abs_difference_vs_keras": difference,
+            "tolerance": EXPORT_TOLERANCE}
+
+
+def base_metadata(settings: TrainSettings, loaded: Loaded, threshold: float, threshold_selection: str) -> dict:
+    """The card's description of the model and its data; sections and field names are the schema's
+    (service.core.model_card), so the service reads what training writes."""
+    data, parts, everything = settings.data, loaded.parts, loaded.everything
+    split = DataSplit(
+        train=len(parts.train), validation=len(parts.validation), test=len(parts.test),
+        test_fraction=data.test_split, validation_fraction=0.0 if settings.selection.cv else data.validation_split,
+        seed=settings.fit.seed, stratified=True,
+    )  # fmt: skip
     return {
-        "name": args.name,
+        "name": settings.output.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input": {"name": "input", "shape": [None, *INPUT_SIZE, 1], "dtype": "float32"},
-        "output": {"shape": [None, 1], "dtype": "float32",
-                   "meaning": f"probability of class '{loaded.everything.class_names[1]}'"},
-        "class_names": list(loaded.everything.class_names),
-        "positive_class": loaded.everything.class_names[1],
+        "input": {"name": INPUT_NAME, **TensorSpec(shape=[None, *INPUT_SIZE, 1], dtype="float32").model_dump()},
+        "output": {**TensorSpec(shape=[None, 1], dtype="float32").model_dump(),
+                   "meaning": f"probability of class '{everything.class_names[1]}'"},
+        "class_names": list(everything.class_names),
+        "positive_class": everything.class_names[1],
         "threshold": threshold,
         "threshold_selection": threshold_selection,
         "preprocessing": PREPROCESSING_DESCRIPTION,
         "dataset": {
-            "name": args.dataset,
+            "name": data.dataset,
             "source": "elpv-dataset (Buerhop-Lutz et al. 2018; Deitsch et al. 2019), CC BY-NC-SA 4.0"
-            if args.dataset == "elpv" else str(args.data_dir),
-            "images": len(loaded.everything),
-            "class_counts": loaded.everything.class_counts(),
-            "split": {"train": len(parts.train), "validation": len(parts.validation),
-                      "test": len(parts.test), "test_fraction": args.test_split,
-                      "validation_fraction": 0.0 if args.cv else args.validation_split, "seed": args.seed,
-                      "stratified": True},
+            if data.dataset == "elpv" else str(data.data_dir),
+            "images": len(everything),
+            "class_counts": everything.class_counts(),
+            "split": split.model_dump(),
         },
     }  # fmt: skip
+
+
+def card(
+    settings: TrainSettings, loaded: Loaded, threshold: float, threshold_selection: str, selection: OutOfFold | None,
+    *, test_metrics: dict, keras_test_metrics: dict, train_metrics: dict, comparison: dict | None,
+    export_difference: float, training: dict,
+) -> dict:
+    """model.json's content for model.onnx, in the order it is written (write_metadata validates it)."""
+    parts = loaded.parts
+    return {
+        **base_metadata(settings, loaded, threshold, threshold_selection),
+        "test_metrics": test_metrics,
+        "keras_test_metrics": keras_test_metrics,
+        "train_metrics_inference_mode": train_metrics,
+        "selection": selection.summary if selection is not None else {
+            "method": "validation split" if len(parts.validation) else "none",
+            "weights": "best validation loss" if len(parts.validation) else "best training loss"},
+        "comparison_with_previous": comparison,
+        "export": export_record(export_difference),
+        "training": training,
+        "versions": versions(),
+        "quantization": None,
+    }  # fmt: skip
+
+
+def flips_threshold(threshold: float, selection: OutOfFold | None) -> float:
+    """The flip-averaged file's threshold: the folds' own for it with --cv, else the plain model's."""
+    if selection is not None and selection.flips_threshold is not None:
+        return selection.flips_threshold
+    return threshold
+
+
+def flip_averaged_variant(path: Path, threshold: float, metrics: dict) -> dict:
+    """The card's pointer to model.tta.onnx. Not "variants": that key lists the precision variants the
+    service's PRECISION=auto chooses among."""
+    return FlipAveragedVariant(file=path.name, threshold=threshold, test_accuracy=metrics["accuracy"]).model_dump()
 
 
 def export_flip_averaged(model: keras.Model, onnx_path: Path, metadata: dict, test: datasets.LabelledImages,
                          threshold: float, plain_metrics: dict) -> tuple[Path, dict]:
     """model.tta.onnx + .json: the mean over the four flips folded into the graph, same signature."""
-    from training.export import write_metadata
-    from training.flips import FLIPS, with_flip_averaging
-
     path = onnx_path.with_suffix(".tta.onnx")
     averaged = with_flip_averaging(model)
     difference = export_verified(averaged, path, test)
@@ -329,9 +390,6 @@ def export_flip_averaged(model: keras.Model, onnx_path: Path, metadata: dict, te
 
 def write_int8(onnx_path: Path, metadata: dict, parts: datasets.Split, threshold: float,
                onnx_probability: np.ndarray, onnx_metrics: dict) -> None:
-    from training.export import write_metadata
-    from training.quantize import quantize_int8
-
     int8_path = onnx_path.with_suffix(".int8.onnx")
     calibration = min(CALIBRATION_IMAGES, len(parts.train))
     quantize_int8(onnx_path, int8_path, parts.train.x[:calibration])
@@ -349,6 +407,6 @@ def write_int8(onnx_path: Path, metadata: dict, parts: datasets.Split, threshold
              int8_metrics["accuracy"], onnx_metrics["accuracy"], changed)
 
 
-def final_settings(settings: FitSettings, selection: OutOfFold) -> FitSettings:
+def final_settings(fit_recipe: FitSettings, selection: OutOfFold) -> FitSettings:
     """The frozen recipe on all non-test images, stopped where the folds said."""
-    return replace(settings, keep="last", stop_after=selection.epochs)
+    return replace(fit_recipe, keep="last", stop_after=selection.epochs)

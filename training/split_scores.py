@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Path("models/model.onnx"),
                         help="the ONNX model; its metadata is the .json beside it")
     args = parser.parse_args(argv)
+    # TensorFlow takes seconds to import: after the options, so --help and a bad option answer at once.
     from training.evaluate import binary_metrics, log_loss
     from training.export import onnx_predict
 
