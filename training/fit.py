@@ -20,32 +20,36 @@ import tensorflow as tf
 
 from training.batchnorm import recalibrate_batchnorm
 from training.data import LabelledImages
+from training.settings import RecipeSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+_RECIPE = RecipeSettings()
 
 
 @dataclass(frozen=True)
 class FitSettings:
-    epochs: int = 40  # the CLI's default
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    augment: bool = True
-    class_weight: bool = False
-    early_stopping_patience: int = 10
-    reduce_lr_patience: int = 4
-    seed: int = 42
-    resume: bool = False
-    quarter_turns: bool = False
-    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    """What one fit runs with. The defaults are the CLI's (training.settings.RecipeSettings), written once there."""
+
+    epochs: int = _RECIPE.epochs
+    batch_size: int = _RECIPE.batch_size
+    learning_rate: float = _RECIPE.learning_rate
+    augment: bool = _RECIPE.augment
+    class_weight: bool = _RECIPE.class_weight
+    early_stopping_patience: int = _RECIPE.early_stopping_patience
+    reduce_lr_patience: int = _RECIPE.reduce_lr_patience
+    seed: int = _RECIPE.seed
+    resume: bool = _RECIPE.resume
+    quarter_turns: bool = _RECIPE.quarter_turns
+    lr_schedule: Literal["plateau", "cosine"] = _RECIPE.lr_schedule
     # Linear warm-up epochs before the cosine decay (cosine schedule only).
-    warmup_epochs: int = 0
+    warmup_epochs: int = _RECIPE.warmup_epochs
     # Train on the annotators' soft targets (LabelledImages.soft_targets) instead of the 0/1 label.
-    soft_targets: bool = False
+    soft_targets: bool = _RECIPE.soft_targets
     # Brightness/contrast jitter strength: brightness +-jitter*255/2, contrast x[1-jitter, 1+jitter]; 0 = off.
-    jitter: float = 0.0
+    jitter: float = _RECIPE.jitter
     # "best": keep the weights of the epoch with the best monitored loss, with early stopping (a
     # validation split's choice); "last": a fixed schedule, no early stopping, the weights it ends with.
     keep: Literal["best", "last"] = "best"
