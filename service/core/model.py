@@ -15,6 +15,7 @@ from service.core.engines import (
     Choice,
     CpuCapabilities,
     Engine,
+    EngineUnavailableError,
     ModelLoadError,
     choose,
     detect,
@@ -113,7 +114,7 @@ class Classifier:
         choice = choose(engine, precision, model_path, metadata, cpu, installed_engines())
         try:
             runner, model_id = cls._open(choice, metadata_path, settings)
-        except ModelLoadError as exc:
+        except EngineUnavailableError as exc:
             if engine != "auto" or choice.engine == ORT_NAME:
                 raise
             # OpenVINO is the default, onnxruntime the fallback wherever OpenVINO cannot load (its package does

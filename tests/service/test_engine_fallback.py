@@ -12,13 +12,14 @@ import pytest
 
 from service.core.config import SessionSettings
 from service.core.engines import openvino_engine
+from service.core.engines.base import EngineUnavailableError
 from service.core.model import Classifier, ModelLoadError
 
 pytestmark = pytest.mark.skipif(not openvino_engine.installed(), reason="OpenVINO is not installed")
 
 
 def _refuses(data: bytes, path: Path, precision: str, threads: int) -> openvino_engine.OpenVinoEngine:
-    raise ModelLoadError(f"model file {path} cannot be compiled by OpenVINO: Unsupported operation")
+    raise EngineUnavailableError(f"model file {path} cannot be compiled by OpenVINO: Unsupported operation")
 
 
 def test_auto_serves_with_onnxruntime_when_openvino_cannot_compile_the_file(

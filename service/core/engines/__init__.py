@@ -7,13 +7,21 @@ from pathlib import Path
 
 from service.core.config import SessionSettings
 from service.core.engines import openvino_engine, ort_engine
-from service.core.engines.base import INPUT_SHAPE, Engine, EngineName, ModelLoadError, Precision, warm_up
+from service.core.engines.base import (
+    INPUT_SHAPE,
+    Engine,
+    EngineName,
+    EngineUnavailableError,
+    ModelLoadError,
+    Precision,
+    warm_up,
+)
 from service.core.engines.capabilities import CpuCapabilities, detect
 from service.core.engines.selection import Choice, choose, installed_engines
 
 __all__ = [
-    "INPUT_SHAPE", "Choice", "CpuCapabilities", "Engine", "EngineName", "ModelLoadError", "Precision", "choose",
-    "detect", "installed_engines", "load_engine", "warm_up",
+    "INPUT_SHAPE", "Choice", "CpuCapabilities", "Engine", "EngineName", "EngineUnavailableError", "ModelLoadError",
+    "Precision", "choose", "detect", "installed_engines", "load_engine", "warm_up",
 ]
 
 

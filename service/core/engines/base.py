@@ -19,6 +19,11 @@ class ModelLoadError(RuntimeError):
     """The model cannot be served; the message says which file or setting and why."""
 
 
+class EngineUnavailableError(ModelLoadError):
+    """This engine cannot run here (its package does not import) or cannot compile a file that another engine
+    reads: under ENGINE=auto the next engine is tried."""
+
+
 class Engine(Protocol):
     """A loaded model on one runtime: `run` takes (N, 100, 100, 1) float32 raw pixels, returns (N,) probabilities.
 

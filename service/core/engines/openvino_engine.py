@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.engines.base import EngineName, ModelLoadError, Precision
+from service.core.engines.base import EngineName, EngineUnavailableError, ModelLoadError, Precision
 from service.core.failures import one_line
 
 NAME: EngineName = "openvino"
@@ -100,7 +100,7 @@ def load(data: bytes, path: Path, precision: Precision, threads: int) -> OpenVin
     try:
         import openvino as ov  # imported only when this engine is chosen
     except ImportError as exc:  # a wheel whose shared libraries do not load on this machine
-        raise ModelLoadError(f"the openvino package cannot be imported here: {one_line(exc)}") from exc
+        raise EngineUnavailableError(f"the openvino package cannot be imported here: {one_line(exc)}") from exc
 
     common = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision]}
     try:
@@ -114,5 +114,5 @@ def load(data: bytes, path: Path, precision: Precision, threads: int) -> OpenVin
         )
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"model file {path} cannot be compiled by OpenVINO: {first}") from exc
+        raise EngineUnavailableError(f"model file {path} cannot be compiled by OpenVINO: {first}") from exc
     return OpenVinoEngine(latency, streams, precision, threads, ov.__version__)
