@@ -143,7 +143,7 @@ class LiveQuality:
                 raise NotFoundError(
                     f"no logged prediction with id {', '.join(missing[:5])}: ids come from /predict, /explain or "
                     f"/v2 answers and are kept PREDICTION_LOG_RETENTION_S "
-                    f"({self.settings.prediction_log_retention_s:g} s)"
+                    f"({self.settings.prediction_log_retention_s:.0f} s)"
                 )
             store.give_verdicts(verdicts, time.time())
             versions = store.versions_of(ids)
