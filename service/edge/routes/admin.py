@@ -23,6 +23,7 @@ router = APIRouter()
 @router.post(
     "/admin/reload",
     response_model=ReloadResponse,
+    response_model_exclude_none=True,  # `shadow` only when ROLLOUT=shadow put a version there
     dependencies=[Depends(require_configured_key), Depends(require_api_key)],
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
