@@ -7,6 +7,7 @@ Every method is blocking: the writer thread and `asyncio.to_thread` call them, n
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.core.quality.records import PredictionRecord
 
@@ -107,6 +108,7 @@ class Store:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
         self._ready = False
+        self._schema_lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -114,11 +116,13 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def ensure_schema(self) -> None:
-        """Creates the tables once per process (idempotent, so replicas sharing a database may race here)."""
-        if not self._ready:
+        """Creates the tables once per process (idempotent: replicas sharing a database may race here)."""
+        with self._schema_lock:  # the writer thread and a verdict's thread may both come first
+            if self._ready:
+                return
             try:
                 metadata.create_all(self.engine)
-            except IntegrityError:  # another replica created them between the check and the create
+            except DBAPIError:  # another process created them between the check and the create: seen now
                 metadata.create_all(self.engine)
             self._ready = True
 
