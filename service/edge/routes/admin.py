@@ -43,6 +43,7 @@ async def reload(pipeline: PipelineDep) -> ReloadResponse:
 @router.post(
     "/admin/promote",
     response_model=ReloadResponse,
+    response_model_exclude_none=True,
     dependencies=[Depends(require_configured_key), Depends(require_api_key)],
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
