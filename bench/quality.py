@@ -7,7 +7,8 @@
 
 Each configuration is a fresh `python -m service` (bench/servers.py) on ELPV cells (bench/corpora.py), loaded by
 wrk (bench/load.py) after a short warm-up; every server keeps its log in its own temporary DATA_DIR. The shadow
-runs serve MODEL_DIR version 1 and reload version 2 (the same model files) into shadow before loading. One run
+runs serve MODEL_DIR version 1; the version poller finds version 2 (the same model files) and puts it in shadow
+before the load starts. One run
 per figure: on a shared machine, repeat it before trusting a margin of a few percent.
 """
 
@@ -19,6 +20,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +33,8 @@ from bench.servers import REPO_ROOT, Server, service_spec
 from bench.targets import Target
 
 log = logging.getLogger("bench.quality")
-KEY = "bench-admin-key"
+# The version poller's period in the shadow configurations (with and without a shadow, so both pay for it).
+POLL_S = "0.5"
 MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.int8.json", "model.json")
 
 
@@ -86,11 +89,13 @@ def measure(
     server = Server(service_spec(config, model, {"DATA_DIR": str(work / config / "data"), **env}), work)
     rows = []
     with server:
-        if shadow_from is not None:
+        if shadow_from is not None:  # the poller finds version 2 and puts it in shadow
             _versions(shadow_from, model, 2)
-            answer = httpx.post(f"{server.url}/admin/reload", headers={"X-API-Key": KEY}, timeout=60).json()
-            if answer.get("shadow") != "2":
-                raise RuntimeError(f"{config}: version 2 is not in shadow: {answer}")
+            deadline = time.monotonic() + 120
+            while _metrics(server.url).get("model_version_shadow{version=2}") != 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{config}: version 2 was not in shadow within 120 s (log: {server.log_path})")
+                time.sleep(0.2)
         load.run(server.url, corpus.list_file, max(connections), warmup_s)
         for count in connections:
             server.wait_idle()
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the rows and targets as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     (corpus,) = corpora.load(["elpv"])
     rows: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure("log-on", {}, corpus, (16,), args.duration, args.warmup, work, args.model)
         for config, shadow in (("no-shadow", False), ("shadow", True)):
             versions = _versions(work / config / "versions", args.model, 1)
-            env = {"MODEL_DIR": str(versions), "ROLLOUT": "shadow", "SHADOW_SAMPLE": "1.0", "API_KEY": KEY}
+            env = {"MODEL_DIR": str(versions), "ROLLOUT": "shadow", "SHADOW_SAMPLE": "1.0",
+                   "MODEL_POLL_INTERVAL_S": POLL_S}
             rows += measure(config, env, corpus, (16, 1), args.duration, args.warmup, work, args.model,
                             shadow_from=versions if shadow else None)
     found = targets(rows)
