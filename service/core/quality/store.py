@@ -100,9 +100,6 @@ class Store:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.dialect == "sqlite":
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -120,11 +117,18 @@ class Store:
         with self._schema_lock:  # the writer thread and a verdict's thread may both come first
             if self._ready:
                 return
+            folder = self._sqlite_folder()
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
             try:
                 metadata.create_all(self.engine)
             except DBAPIError:  # another process created them between the check and the create: seen now
                 metadata.create_all(self.engine)
             self._ready = True
+
+    def _sqlite_folder(self) -> Path | None:
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        return Path(database).parent if database and database != ":memory:" else None
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         self.ensure_schema()
