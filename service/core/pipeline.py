@@ -317,10 +317,14 @@ class Pipeline:
         self.quality.follow_shadow(ShadowModel(
             candidate.answerer, scorer.infer,
             threshold if threshold is not None else candidate.classifier.metadata.threshold,
-        ))
+        ), self._spare)
         self.metrics.reloads.labels("shadowed").inc()
         log.info("version %s (%s) is scored in shadow; version %s serves until POST /admin/promote",
                  candidate.version, candidate.classifier.model_id[:12], self.model.version)
+
+    def _spare(self) -> bool:
+        """Serving leaves capacity: fewer images in flight than threads to run them."""
+        return self.model.batcher.queued < (self.settings.decode_threads or available_cpus())
 
     def _serve(self, candidate: ServedModel, current: ServedModel) -> None:
         """Swaps the checked candidate in; the old version drains what it admitted."""

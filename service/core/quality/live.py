@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +114,8 @@ class LiveQuality:
                 self.shadow.offer(id, image, array)
         return ids
 
-    def follow_shadow(self, model: ShadowModel | None) -> None:
-        self.shadow.follow(model)
+    def follow_shadow(self, model: ShadowModel | None, spare: Callable[[], bool] = lambda: True) -> None:
+        self.shadow.follow(model, spare)
         self.metrics.shadow_version.clear()
         if model is not None:
             self.metrics.shadow_version.labels(model.answerer.version).set(1)

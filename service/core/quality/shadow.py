@@ -1,10 +1,13 @@
 """Shadow scoring: a version loaded and checked but not served answers a share of live images, off the request
 path and with spare capacity only.
 
-The request path offers each sampled image with `put_nowait` on a small bounded queue (full: skipped and
-counted, never waited for). One thread, at the lowest CPU priority (nice 19) and with a one-thread engine
-session, scores what it takes; when the CPU is saturated by served requests it gets little, the queue stays
-full and the share scored shrinks, which shadow_images_total{outcome} shows.
+The request path offers each sampled image with `put_nowait` on a small bounded queue; one thread with a
+one-thread engine session scores what it takes. Spare capacity is checked twice: an image is only offered, and
+only scored, while fewer served images are in flight than there are threads to run them (else it is skipped and
+counted); and the thread runs at the lowest CPU priority (nice 19), so served work always goes first. Priority
+alone would not do: a nice-19 thread preempted while it holds the GIL stalls every thread of the process (the
+event loop too) until the scheduler runs it again, which on a saturated CPU takes long. So when served requests
+saturate the CPU the shadow scores little, and shadow_images_total{outcome} shows the share scored.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class ShadowScorer:
         self._on_count = on_count
         self._draw = draw
         self._model: ShadowModel | None = None
+        self._spare: Callable[[], bool] = lambda: True
         self._thread: threading.Thread | None = None
         self._failures: set[str] = set()
 
@@ -63,13 +67,18 @@ class ShadowScorer:
     def model(self) -> ShadowModel | None:
         return self._model
 
-    def follow(self, model: ShadowModel | None) -> None:
-        """Scores with `model` from now on (None: no shadow; queued images of an old one are still scored)."""
+    def follow(self, model: ShadowModel | None, spare: Callable[[], bool] = lambda: True) -> None:
+        """Scores with `model` from now on, while `spare()` says serving leaves capacity (None: no shadow;
+        images queued for an old one are still scored)."""
+        self._spare = spare
         self._model = model
 
     def offer(self, id: str, image: ImageFacts, array: np.ndarray) -> None:
         model = self._model
         if model is None or self.sample <= 0 or (self.sample < 1 and self._draw() >= self.sample):
+            return
+        if not self._spare():
+            self._on_count(SKIPPED)
             return
         try:
             self._queue.put_nowait(_Job(model, id, image, array))
@@ -99,7 +108,10 @@ class ShadowScorer:
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
-            self._score(job)
+            if self._spare():
+                self._score(job)
+            else:  # serving got busy while it waited
+                self._on_count(SKIPPED)
 
     def _score(self, job: _Job) -> None:
         model = job.model

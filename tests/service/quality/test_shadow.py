@@ -179,3 +179,18 @@ def test_without_a_shadow_version_nothing_is_offered(make_client: Callable[..., 
     client = make_client(ROLLOUT="shadow")
     client.post("/predict", files={"file": ("a.png", gray_png(10), "image/png")})
     assert metric(client, "shadow_images_total", outcome="scored") == 0
+
+
+def test_without_spare_capacity_images_are_skipped_not_scored() -> None:
+    recorder = Recorder()
+    busy = [True]
+    scorer = ShadowScorer(sample=1.0, max_queue=8, on_record=recorder.record, on_count=recorder.count)
+    scorer.follow(ShadowModel(ANSWERER, lambda x: np.full(len(x), 0.1), threshold=0.5), spare=lambda: not busy[0])
+    scorer.offer("busy", *image())  # refused at the door
+    busy[0] = False
+    scorer.offer("queued", *image())
+    busy[0] = True  # serving got busy before the thread took it
+    scorer.start()
+    scorer.stop()
+    assert recorder.counts == {SKIPPED: 2}
+    assert recorder.records == []
