@@ -311,7 +311,7 @@ class Pipeline:
         """The checked candidate waits to be promoted; meanwhile a one-thread session of it (so it can only
         take spare CPU, service.core.quality.shadow) scores a share of live images."""
         one_thread = replace(self.settings.session, intra_op_threads=1, inter_op_threads=1)
-        scorer = await asyncio.to_thread(load_classifier, source, self.settings, one_thread)
+        scorer = await asyncio.to_thread(load_classifier, source, self.settings, one_thread, 1)
         threshold = self.settings.threshold
         self.shadow = candidate
         self.quality.follow_shadow(ShadowModel(
