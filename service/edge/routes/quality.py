@@ -30,6 +30,7 @@ _store_errors = {
     dependencies=[Depends(require_api_key)],
     responses={
         **_store_errors,
+        400: {"model": ErrorResponse, "description": "the body is not JSON"},
         404: {"model": ErrorResponse, "description": "no logged prediction has this id (nothing is recorded)"},
         422: {"model": ErrorResponse, "description": f"a label that is no class name; not 1-{MAX_VERDICTS} verdicts"},
     },
