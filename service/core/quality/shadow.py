@@ -2,12 +2,13 @@
 path and with spare capacity only.
 
 The request path offers each sampled image with `put_nowait` on a small bounded queue; one thread with a
-one-thread engine session scores what it takes. Spare capacity is checked twice: an image is only offered, and
-only scored, while fewer served images are in flight than there are threads to run them (else it is skipped and
-counted); and the thread runs at the lowest CPU priority (nice 19), so served work always goes first. Priority
-alone would not do: a nice-19 thread preempted while it holds the GIL stalls every thread of the process (the
-event loop too) until the scheduler runs it again, which on a saturated CPU takes long. So when served requests
-saturate the CPU the shadow scores little, and shadow_images_total{outcome} shows the share scored.
+one-thread engine session scores what it takes, at the lowest CPU priority (nice 19). Spare capacity is checked
+at both ends: an image is offered only while fewer served images are in flight than there are threads to run
+them, and scored only once serving has been quiet for QUIET_S (no image offered meanwhile) with that still true;
+an image that finds no such moment within MAX_WAIT_S is skipped. Priority alone does not do it: measured on 2
+vCPUs, a one-thread shadow inference (15 ms, INT8) beside the served one slowed it whatever its nice value (the
+vCPUs share a core), and halved requests/s at one connection. So under steady load the shadow scores little,
+and shadow_images_total{outcome} shows the share scored.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 SCORED, SKIPPED, FAILED = "scored", "skipped", "failed"
 LOWEST_PRIORITY = 19
+# Longer than the gap between back-to-back requests of one client (a few ms) and than one shadow inference, so
+# a steady stream of requests leaves no moment to the shadow.
+QUIET_S = 0.05
+MAX_WAIT_S = 1.0
 _STOP = object()
 
 
@@ -52,6 +58,7 @@ class ShadowScorer:
     def __init__(
         self, *, sample: float, max_queue: int, on_record: Callable[[PredictionRecord], None],
         on_count: Callable[[str], None] = lambda outcome: None, draw: Callable[[], float] = random.random,
+        quiet_s: float = QUIET_S,
     ) -> None:
         self.sample = sample
         self._queue: queue.Queue[object] = queue.Queue(max_queue)
@@ -60,6 +67,9 @@ class ShadowScorer:
         self._draw = draw
         self._model: ShadowModel | None = None
         self._spare: Callable[[], bool] = lambda: True
+        self._quiet_s = quiet_s
+        self._last_activity = 0.0  # when serving last offered an image (time.monotonic)
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._failures: set[str] = set()
 
@@ -75,7 +85,10 @@ class ShadowScorer:
 
     def offer(self, id: str, image: ImageFacts, array: np.ndarray) -> None:
         model = self._model
-        if model is None or self.sample <= 0 or (self.sample < 1 and self._draw() >= self.sample):
+        if model is None:
+            return
+        self._last_activity = time.monotonic()
+        if self.sample <= 0 or (self.sample < 1 and self._draw() >= self.sample):
             return
         if not self._spare():
             self._on_count(SKIPPED)
@@ -94,6 +107,7 @@ class ShadowScorer:
         """Ends the thread after what is queued (a few images)."""
         if self._thread is None:
             return
+        self._stopping = True
         try:
             self._queue.put(_STOP, timeout=timeout_s)
         except queue.Full:
@@ -108,10 +122,22 @@ class ShadowScorer:
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
-            if self._spare():
+            if self._quiet_moment():
                 self._score(job)
-            else:  # serving got busy while it waited
+            else:  # serving stayed busy
                 self._on_count(SKIPPED)
+
+    def _quiet_moment(self) -> bool:
+        """Waits (at most MAX_WAIT_S) until serving has offered nothing for quiet_s and has spare threads."""
+        deadline = time.monotonic() + MAX_WAIT_S
+        while not self._stopping:
+            quiet_for = time.monotonic() - self._last_activity
+            if quiet_for >= self._quiet_s and self._spare():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(max(self._quiet_s - quiet_for, 0.005))
+        return False
 
     def _score(self, job: _Job) -> None:
         model = job.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_a_shadow_version_never_changes_an_answer_is_logged_beside_it_and_is_pro
     during = answers(client)
     assert without_ids(during) == without_ids(before)
     wait_until(lambda: metric(client, "shadow_images_total", outcome="scored") == len(LEVELS))
+    wait_until(lambda: metric(client, "prediction_log_rows_total") == 3 * len(LEVELS))  # served twice, shadow once
 
     verdicts = [{"id": p["id"], "label": p["label"]} for p in during]  # version 1 was right every time
     assert client.post("/feedback", json=verdicts, headers=HEADERS).status_code == 200
@@ -130,13 +132,14 @@ def test_a_full_shadow_queue_skips_and_counts_without_waiting() -> None:
     recorder = Recorder()
     held = threading.Event()
     model = ShadowModel(ANSWERER, lambda x: (held.wait(10), np.full(len(x), 0.9))[1], threshold=0.5)
-    scorer = ShadowScorer(sample=1.0, max_queue=2, on_record=recorder.record, on_count=recorder.count)
+    scorer = ShadowScorer(sample=1.0, max_queue=2, on_record=recorder.record, on_count=recorder.count, quiet_s=0)
     scorer.follow(model)
     for i in range(5):  # not started: nothing takes from the queue
         scorer.offer(str(i), *image())
     assert recorder.counts == {SKIPPED: 3}
     scorer.start()
     held.set()
+    wait_until(lambda: recorder.counts.get(SCORED) == 2)
     scorer.stop()
     assert recorder.counts == {SKIPPED: 3, SCORED: 2}
     assert [(r.id, r.role, r.version, r.label) for r in recorder.records] == [
@@ -150,11 +153,12 @@ def test_a_shadow_that_fails_is_counted_and_scores_nothing(caplog: pytest.LogCap
     def broken(x: np.ndarray) -> np.ndarray:
         raise RuntimeError("the shadow engine broke")
 
-    scorer = ShadowScorer(sample=1.0, max_queue=8, on_record=recorder.record, on_count=recorder.count)
+    scorer = ShadowScorer(sample=1.0, max_queue=8, on_record=recorder.record, on_count=recorder.count, quiet_s=0)
     scorer.follow(ShadowModel(ANSWERER, broken, threshold=0.5))
     scorer.start()
     for i in range(3):
         scorer.offer(str(i), *image())
+    wait_until(lambda: recorder.counts.get(FAILED) == 3)
     scorer.stop()
     assert recorder.counts == {FAILED: 3}
     assert recorder.records == []
@@ -166,11 +170,12 @@ def test_the_shadow_sample_decides_the_share_offered(sample: float, offered: int
     draws = iter([0.1, 0.9, 0.3, 0.7])
     recorder = Recorder()
     scorer = ShadowScorer(sample=sample, max_queue=8, on_record=recorder.record, on_count=recorder.count,
-                          draw=lambda: next(draws))
+                          draw=lambda: next(draws), quiet_s=0)
     scorer.follow(ShadowModel(ANSWERER, lambda x: np.full(len(x), 0.1), threshold=0.5))
     scorer.start()
     for i in range(4):
         scorer.offer(str(i), *image())
+    wait_until(lambda: len(recorder.records) == offered)
     scorer.stop()
     assert len(recorder.records) == offered
 
@@ -194,3 +199,19 @@ def test_without_spare_capacity_images_are_skipped_not_scored() -> None:
     scorer.stop()
     assert recorder.counts == {SKIPPED: 2}
     assert recorder.records == []
+
+
+def test_the_shadow_waits_for_a_quiet_moment_and_skips_when_none_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.core.quality.shadow.MAX_WAIT_S", 0.3)
+    recorder = Recorder()
+    scorer = ShadowScorer(sample=1.0, max_queue=8, on_record=recorder.record, on_count=recorder.count, quiet_s=0.1)
+    scorer.follow(ShadowModel(ANSWERER, lambda x: np.full(len(x), 0.1), threshold=0.5))
+    scorer.start()
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # a steady stream of served images, one every 20 ms
+        scorer.offer("busy", *image())
+        time.sleep(0.02)
+    assert recorder.records == []
+    assert recorder.counts.get(SKIPPED, 0) >= 1
+    wait_until(lambda: len(recorder.records) >= 1)  # then nothing: the images still queued get their moment
+    scorer.stop()
