@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load on each server before the runs")
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "model.onnx")
     parser.add_argument("--out", type=Path, help="also write the rows and targets as JSON here")
+    parser.add_argument("--only", choices=("log", "shadow"), help="run one of the two comparisons")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -183,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
         work = Path(folder)
-        rows += compare((("log-off", {"PREDICTION_LOG": "false"}), ("log-on", {})), corpus, (16,), args, work)
+        if args.only != "shadow":
+            rows += compare((("log-off", {"PREDICTION_LOG": "false"}), ("log-on", {})), corpus, (16,), args, work)
         shadow_env = {"ROLLOUT": "shadow", "SHADOW_SAMPLE": "1.0", "MODEL_POLL_INTERVAL_S": POLL_S}
         pair = tuple(
             (name, {**shadow_env, "MODEL_DIR": str(_versions(work / name / "versions", args.model, 1))})
             for name in ("no-shadow", "shadow")
         )
-        rows += compare(pair, corpus, (16, 1), args, work, shadow_in="shadow")  # type: ignore[arg-type]
+        if args.only != "log":
+            rows += compare(pair, corpus, (16, 1), args, work, shadow_in="shadow")  # type: ignore[arg-type]
     found = targets(rows)
     print(report(rows, found))
     if args.out is not None:
