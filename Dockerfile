@@ -30,9 +30,13 @@ ENV PATH=/opt/service-venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ORT_DISABLE_TELEMETRY=1 \
-    HOST=0.0.0.0
+    HOST=0.0.0.0 \
+    DATA_DIR=/var/lib/cell-classifier
+# DATA_DIR is the one folder the service writes (the SQLite prediction log, docs/quality.md), owned by the
+# service user; mount a volume there to keep the log past the container: -v cell-data:/var/lib/cell-classifier.
 RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
+ && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app \
+ && install --directory --owner app --group app --mode 0750 /var/lib/cell-classifier
 
 COPY --from=builder /opt/service-venv /opt/service-venv
 WORKDIR /app

@@ -34,10 +34,14 @@ train-deps: $(VENV)/.train-installed  ## install the training extra (TensorFlow,
 	@echo "training dependencies installed: $(VENV)/bin/train --help"
 
 test: $(VENV)/.dev-installed  ## set up and run lint and the whole test suite
-	@# tests/browser need Debian's chromium; without root or apt they skip and say why.
+	@# tests/browser need Debian's chromium, the tests marked postgres Debian's postgresql (initdb, pg_ctl); without
+	@# root or apt they skip and say why.
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 	  || echo "could not install chromium: the browser tests will be skipped" >&2; fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	  || echo "could not install postgresql: the postgres tests will be skipped" >&2; fi
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest

@@ -15,6 +15,16 @@ from service.edge.app import create_app
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default DATA_DIR (the prediction log) of every service the tests start, in process or as a server
+    process, is a temporary folder, never the user's data directory."""
+    folder = tmp_path_factory.mktemp("xdg-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(folder))
+        yield folder / "cell-classifier"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = build_tiny_onnx(tmp_path_factory.mktemp("tiny-model") / "model.onnx")

@@ -19,11 +19,14 @@ def model_source(settings: Settings, repository: ModelRepository | None = None) 
     return ModelSource(settings.model_path, None)
 
 
-def load_classifier(source: ModelSource, settings: Settings, session: SessionSettings | None = None) -> Classifier:
-    """The classifier for `source` as the settings choose it; `session` overrides the threads (Ray replicas)."""
+def load_classifier(
+    source: ModelSource, settings: Settings, session: SessionSettings | None = None, threads: int | None = None
+) -> Classifier:
+    """The classifier for `source` as the settings choose it; `session` overrides onnxruntime's threads (Ray
+    replicas), `threads` every engine's (the shadow version's one thread)."""
     return Classifier.load(
         source.path, session or settings.session, engine=settings.engine, precision=settings.precision,
-        flip_averaged=settings.flip_averaged,
+        flip_averaged=settings.flip_averaged, threads=threads,
     )
 
 

@@ -30,6 +30,13 @@ def _auto(value: object) -> object:
     return value
 
 
+def default_data_dir() -> Path:
+    """Where the service keeps what it writes (the prediction log): the user's data directory
+    ($XDG_DATA_HOME, else ~/.local/share) under cell-classifier; the Docker image sets /var/lib/cell-classifier."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "cell-classifier"
+
+
 def default_model_path() -> Path:
     """The shipped model where the package is installed (the repository, or /app in the image), so the server
     and the CLIs find it from any folder; a wheel installed elsewhere has none and start-up says to set MODEL_PATH."""
@@ -206,13 +213,53 @@ class ExplainSettings(BaseSettings):
     explain_chunk_images: int = Field(2, ge=1, le=256, description="occluded copies queued at a time")
 
 
+class QualitySettings(BaseSettings):
+    """Live quality (docs/quality.md): the prediction log, verdicts at POST /feedback, shadow rollout."""
+
+    model_config = _CONFIG
+
+    prediction_log: bool = Field(True, description="log every prediction (id, version, answer, image sha256 and size)")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="where the SQLite prediction log is kept (predictions.sqlite3)"
+    )
+    prediction_log_url: SecretStr | None = Field(
+        None, description="a database for the log instead of the SQLite file: postgresql+psycopg://user:pw@host/db"
+    )
+    # Rows wait here for the writer thread; beyond it they are dropped and counted, never waited for. At
+    # ~300 bytes a row, 10,000 rows are ~3 MB, minutes of full-speed traffic on 2 cores.
+    prediction_log_queue: int = Field(10_000, ge=1, description="rows waiting to be written; beyond, dropped")
+    prediction_log_images: bool = Field(False, description="also keep each image's bytes in the log")
+    prediction_log_retention_s: float = Field(
+        30 * 24 * 3600.0, ge=0, description="predictions and verdicts older than this are deleted; 0 keeps all"
+    )
+    quality_window: int = Field(500, ge=1, description="the last verdicts per version the quality figures cover")
+    rollout: Literal["replace", "shadow"] = Field(
+        "replace", description="a new version replaces the served one, or is scored in shadow until promoted"
+    )
+    shadow_sample: float = Field(1.0, ge=0, le=1, description="share of live images offered to the shadow version")
+    # Small, so the shadow only ever takes the CPU that served requests leave: a full queue skips images.
+    shadow_queue: int = Field(8, ge=1, description="images waiting for the shadow version; beyond, skipped")
+
+    @field_validator("prediction_log_url", mode="before")
+    @classmethod
+    def _psycopg_url(cls, value: object) -> object:
+        if value == "":
+            return None
+        # SQLAlchemy's plain postgresql:// means psycopg2, which is not installed: the postgres extra is psycopg 3.
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+
 GROUPS: tuple[type[BaseSettings], ...] = (
     ModelSettings, ServerSettings, LimitSettings, BatchingSettings, ThreadSettings, DriftSettings, ExplainSettings,
+    QualitySettings,
 )
 
 
 class Settings(
-    ModelSettings, ServerSettings, LimitSettings, BatchingSettings, ThreadSettings, DriftSettings, ExplainSettings
+    ModelSettings, ServerSettings, LimitSettings, BatchingSettings, ThreadSettings, DriftSettings, ExplainSettings,
+    QualitySettings,
 ):
     """Every setting of the service, group by group (GROUPS); read once by an entry point and passed down."""
 

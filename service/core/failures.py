@@ -59,6 +59,10 @@ class NotReadyError(ServiceError):
     """The model is not loaded and warmed yet, or the service is shutting down."""
 
 
+class StoreUnavailableError(ServiceError):
+    """The prediction log's database did not answer a query (a verdict, the quality report); retry later."""
+
+
 class ReloadRefusedError(ServiceError):
     """A newer model version failed its checks (or there is nothing to reload); the old one keeps serving."""
 

@@ -90,6 +90,45 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
 
+        # Live quality (service.core.quality): the prediction log, verdicts from POST /feedback, shadow scoring.
+        self.log_rows = Counter(
+            "prediction_log_rows_total", "Prediction rows written to the prediction log", registry=self.registry
+        )
+        self.log_dropped = Counter(
+            "prediction_log_dropped_total", "Prediction rows not written: queue_full (the store is slower than "
+            "traffic) or store_error (the store failed)", ["reason"], registry=self.registry,
+        )
+        self.log_queue = Gauge(
+            "prediction_log_queue_rows", "Prediction rows waiting for the log's writer", registry=self.registry
+        )
+        self.feedback = Counter(
+            "feedback_total", "Verdicts received by POST /feedback, by the served version they judge and whether "
+            "its answer was correct", ["version", "outcome"], registry=self.registry,
+        )
+        self.accuracy = Gauge(
+            "quality_accuracy", "Share of correct answers over the version's last QUALITY_WINDOW verdicts",
+            ["version"], registry=self.registry,
+        )
+        self.precision = Gauge(
+            "quality_precision", "Precision for the positive class over the version's last QUALITY_WINDOW verdicts "
+            "(NaN while it predicted no positive)", ["version"], registry=self.registry,
+        )
+        self.recall = Gauge(
+            "quality_recall", "Recall for the positive class over the version's last QUALITY_WINDOW verdicts "
+            "(NaN while no positive was judged)", ["version"], registry=self.registry,
+        )
+        self.verdicts = Gauge(
+            "quality_verdicts", "Verdicts the quality gauges of the version cover", ["version"], registry=self.registry
+        )
+        self.shadow_images = Counter(
+            "shadow_images_total", "Live images offered to the shadow version: scored, skipped (no spare capacity) "
+            "or failed", ["outcome"], registry=self.registry,
+        )
+        self.shadow_version = Gauge(
+            "model_version_shadow", "1 for the version scored in shadow (ROLLOUT=shadow)", ["version"],
+            registry=self.registry,
+        )
+
     def watch_drift(self, monitor: DriftMonitor) -> None:
         """The drift gauges read the monitor when scraped, so serving a request computes no index."""
         for statistic in STATISTICS:

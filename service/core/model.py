@@ -83,11 +83,12 @@ class Classifier:
     @classmethod
     def load(
         cls, model_path: Path, settings: SessionSettings, *, engine: str = "auto", precision: str = "auto",
-        cpu: CpuCapabilities | None = None, flip_averaged: bool = False,
+        cpu: CpuCapabilities | None = None, flip_averaged: bool = False, threads: int | None = None,
     ) -> Classifier:
         """The card beside `model_path` says which variants exist; ENGINE/PRECISION and the CPU pick one.
         `flip_averaged` (FLIP_AVERAGED) serves the card's flip-averaged file instead, chosen among its own
-        card's variants the same way."""
+        card's variants the same way. `threads`: the engine's threads (OpenVINO's, and onnxruntime's where the
+        session settings leave them auto); default the CPUs this container may use."""
         if not model_path.is_file():
             raise ModelLoadError(
                 f"model file {model_path} does not exist: set MODEL_PATH to a model.onnx with its model.json "
@@ -107,13 +108,13 @@ class Classifier:
             averaged = model_path.parent / metadata.flip_averaged_variant.file
             log.info("FLIP_AVERAGED: serving %s, the mean over four flips (4x the compute of %s)",
                      averaged, model_path.name)  # fmt: skip
-            return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu)
+            return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu, threads=threads)
         check_recorded_hashes(metadata, metadata_path, model_path)
         declared = metadata.input.shape or [None, *INPUT_SHAPE]
         cpu = cpu or detect()
         choice = choose(engine, precision, model_path, metadata, cpu, installed_engines())
         try:
-            runner, model_id = cls._open(choice, metadata_path, settings)
+            runner, model_id = cls._open(choice, metadata_path, settings, threads)
         except EngineUnavailableError as exc:
             if engine != "auto" or choice.engine == ORT_NAME:
                 raise
@@ -124,13 +125,15 @@ class Classifier:
             except ModelLoadError:
                 raise exc from None
             log.warning("%s; serving it on onnxruntime instead (ENGINE=openvino makes this an error)", exc)
-            runner, model_id = cls._open(choice, metadata_path, settings)
+            runner, model_id = cls._open(choice, metadata_path, settings, threads)
         if tuple(declared[1:]) != INPUT_SHAPE:
             raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
         return cls(runner, metadata, model_id, choice)
 
     @staticmethod
-    def _open(choice: Choice, metadata_path: Path, settings: SessionSettings) -> tuple[Engine, str]:
+    def _open(
+        choice: Choice, metadata_path: Path, settings: SessionSettings, threads: int | None = None
+    ) -> tuple[Engine, str]:
         """The chosen file read, checked against its recorded sha256 and loaded on the chosen engine."""
         for note in choice.notes:
             log.info("%s", note)
@@ -142,7 +145,9 @@ class Classifier:
             raise ModelLoadError(
                 f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"
             )
-        runner = load_engine(choice.engine, data, choice.model_path, choice.precision, available_cpus(), settings)
+        runner = load_engine(
+            choice.engine, data, choice.model_path, choice.precision, threads or available_cpus(), settings
+        )
         return runner, model_id
 
     def describe(self) -> dict[str, object]:

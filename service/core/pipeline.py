@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +34,9 @@ from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import Classifier, ModelLoadError, serving_batch_sizes
 from service.core.preprocessing import ImageError
+from service.core.quality.live import LiveQuality
+from service.core.quality.records import Answerer
+from service.core.quality.shadow import ShadowModel
 from service.core.reloads import PollMemory
 from service.core.request_path import PathChoice
 from service.core.versions import ModelRepository, ModelSource
@@ -46,6 +49,7 @@ class ReloadOutcome:
     previous: str
     serving: str
     swapped: bool
+    shadow: str | None = None  # ROLLOUT=shadow: the version scored in shadow, not served
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,19 @@ class ServedModel:
     def warm_up(self, max_batch_size: int) -> float:
         return self.classifier.warm_up(serving_batch_sizes(max_batch_size))
 
+    @property
+    def answerer(self) -> Answerer:
+        """Who answered, as the prediction log records it."""
+        engine = self.classifier.engine
+        names = self.classifier.metadata.class_names
+        return Answerer(self.version, engine.name, engine.precision, (names[0], names[1]))
+
 
 @dataclass(frozen=True)
 class Answer:
     probabilities: list[float]
     model: ServedModel
+    inputs: Sequence[np.ndarray] = ()  # the preprocessed arrays, for the shadow version
 
 
 class Pipeline:
@@ -133,7 +145,7 @@ class Pipeline:
 
     def __init__(
         self, settings: Settings, metrics: Metrics, model: ServedModel, decoder: ThreadPoolExecutor,
-        limits: DecodeLimits, repository: ModelRepository | None = None,
+        limits: DecodeLimits, repository: ModelRepository | None = None, quality: LiveQuality | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -151,6 +163,9 @@ class Pipeline:
         self._repository = repository or (ModelRepository(settings.model_dir) if settings.model_dir else None)
         self._polled = PollMemory()
         self.drift = self._drift_monitor(model)
+        # The prediction log, verdicts and shadow scoring (service.core.quality); off unless handed in.
+        self.quality = quality or LiveQuality(settings.model_copy(update={"prediction_log": False}), metrics, None)
+        self.shadow: ServedModel | None = None
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
@@ -162,7 +177,7 @@ class Pipeline:
             max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
         )
         limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
-        return cls(settings, metrics, model, decoder, limits, repository)
+        return cls(settings, metrics, model, decoder, limits, repository, LiveQuality.open(settings, metrics))
 
     def _drift_monitor(self, model: ServedModel) -> DriftMonitor:
         monitor = DriftMonitor(
@@ -209,6 +224,7 @@ class Pipeline:
         self.model.batcher.start()
         self.metrics.ready.set_function(lambda: float(self.ready))
         self._label_served(self.model)
+        self.quality.start()
         if self.settings.model_dir is not None and self.settings.model_poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
 
@@ -222,6 +238,8 @@ class Pipeline:
             await self._stop_step("the batcher", self.model.batcher.stop())
             for drain in list(self._draining):
                 await self._stop_step(drain.get_name(), drain)
+        # After the last answer: every row it queued is written before the process ends.
+        await self._stop_step("the prediction log", asyncio.to_thread(self.quality.stop))
         for pool in (self.decoder, self.large_lane):
             try:
                 pool.shutdown(wait=True)
@@ -251,8 +269,9 @@ class Pipeline:
                 source = self._repository.latest()
             except ModelLoadError as exc:
                 raise self._refused(f"{exc}; still serving version {current.version}", polled) from exc
-            if int(source.version or 0) <= int(current.version):
-                return ReloadOutcome(current.version, current.version, swapped=False)
+            newest = max(int(current.version), int(self.shadow.version) if self.shadow else 0)
+            if int(source.version or 0) <= newest:
+                return ReloadOutcome(current.version, current.version, swapped=False, shadow=self._shadow_version)
             if polled and self._polled.refused_before(source):
                 return ReloadOutcome(current.version, current.version, swapped=False)
             try:
@@ -264,17 +283,61 @@ class Pipeline:
                     f"version {source.version} refused: {why}; still serving version {current.version}",
                     polled=False,
                 ) from exc
-            candidate.batcher.start()
-            self.model = candidate
-            self.drift = self._drift_monitor(candidate)
-            self._label_served(candidate)
-            self.metrics.reloads.labels("swapped").inc()
-            drain = asyncio.create_task(current.batcher.stop(), name=f"drain-version-{current.version}")
-            self._draining.add(drain)
-            drain.add_done_callback(self._draining.discard)
-            log.info("now serving version %s (%s), request path %s; version %s drains", candidate.version,
-                     candidate.classifier.model_id[:12], self.request_path(), current.version)
+            if self.settings.rollout == "shadow":
+                await self._follow_in_shadow(candidate, source)
+                return ReloadOutcome(current.version, current.version, swapped=False, shadow=candidate.version)
+            self._serve(candidate, current)
             return ReloadOutcome(current.version, candidate.version, swapped=True)
+
+    async def promote(self) -> ReloadOutcome:
+        """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one."""
+        async with self._reload_lock:
+            current, candidate = self.model, self.shadow
+            if candidate is None:
+                raise ReloadRefusedError(
+                    f"no version is scored in shadow (ROLLOUT={self.settings.rollout}); still serving version "
+                    f"{current.version}"
+                )
+            self.shadow = None
+            self.quality.follow_shadow(None)
+            self._serve(candidate, current)
+            return ReloadOutcome(current.version, candidate.version, swapped=True)
+
+    @property
+    def _shadow_version(self) -> str | None:
+        return self.shadow.version if self.shadow is not None else None
+
+    async def _follow_in_shadow(self, candidate: ServedModel, source: ModelSource) -> None:
+        """The checked candidate waits to be promoted; meanwhile a one-thread session of it (so it can only
+        take spare CPU, service.core.quality.shadow) scores a share of live images."""
+        one_thread = replace(self.settings.session, intra_op_threads=1, inter_op_threads=1)
+        scorer = await asyncio.to_thread(load_classifier, source, self.settings, one_thread, 1)
+        threshold = self.settings.threshold
+        self.shadow = candidate
+        self.quality.follow_shadow(ShadowModel(
+            candidate.answerer, scorer.infer,
+            threshold if threshold is not None else candidate.classifier.metadata.threshold,
+        ), self._spare)
+        self.metrics.reloads.labels("shadowed").inc()
+        log.info("version %s (%s) is scored in shadow; version %s serves until POST /admin/promote",
+                 candidate.version, candidate.classifier.model_id[:12], self.model.version)
+
+    def _spare(self) -> bool:
+        """Serving leaves capacity: fewer images in flight than threads to run them."""
+        return self.model.batcher.queued < (self.settings.decode_threads or available_cpus())
+
+    def _serve(self, candidate: ServedModel, current: ServedModel) -> None:
+        """Swaps the checked candidate in; the old version drains what it admitted."""
+        candidate.batcher.start()
+        self.model = candidate
+        self.drift = self._drift_monitor(candidate)
+        self._label_served(candidate)
+        self.metrics.reloads.labels("swapped").inc()
+        drain = asyncio.create_task(current.batcher.stop(), name=f"drain-version-{current.version}")
+        self._draining.add(drain)
+        drain.add_done_callback(self._draining.discard)
+        log.info("now serving version %s (%s), request path %s; version %s drains", candidate.version,
+                 candidate.classifier.model_id[:12], self.request_path(), current.version)
 
     def _refused(self, reason: str, polled: bool) -> ReloadRefusedError:
         """One ERROR line and one count per refusal; the poller's repeats of one reason are silent."""
@@ -336,8 +399,9 @@ class Pipeline:
             direct.release(len(images))
             self.metrics.queue_depth.set(direct.queued)
         probabilities: list[float] = [p.result for p in processed]  # type: ignore[misc]
-        self._observe([p.array for p in processed], probabilities)
-        return Answer(probabilities, model)
+        arrays = [p.array for p in processed]
+        self._observe(arrays, probabilities)
+        return Answer(probabilities, model, arrays)
 
     async def decode(self, images: Sequence[EncodedImage], deadline: float) -> list[np.ndarray]:
         """Runs the shared preprocessing off the event loop, each decode within the memory budget in the lane its
@@ -406,7 +470,14 @@ class Pipeline:
             self.metrics.queue_depth.set(model.batcher.queued)
         if served_inputs:
             self._observe(arrays, probabilities)
-        return Answer(probabilities, model)
+        return Answer(probabilities, model, arrays)
+
+    async def log_answer(self, images: Sequence[bytes], answer: Answer, threshold: float) -> list[str]:
+        """An id per prediction of a served answer (the order of `images`, the encoded files or tensors): its row
+        queued for the prediction log and, in shadow rollout, its input offered to the shadow version."""
+        return await self.quality.record(
+            answer.model.answerer, images, answer.probabilities, threshold, answer.inputs
+        )
 
     def busy(self, why: str, kind: type[BusyError] = BusyError) -> BusyError:
         """The one wording of a retryable refusal, with RETRY_AFTER_S in it (the edge adds the header)."""

@@ -12,10 +12,13 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from service.core.config import GROUPS, RENAMED, default_model_path
+from service.core.config import GROUPS, RENAMED, default_data_dir, default_model_path
 
 TARGET = Path("docs/configuration.md")
-TITLES = {"LimitSettings": "Limits", "ThreadSettings": "Threads", "ExplainSettings": "Explanations"}
+TITLES = {
+    "LimitSettings": "Limits", "ThreadSettings": "Threads", "ExplainSettings": "Explanations",
+    "QualitySettings": "Live quality",
+}
 
 
 def _type(field: FieldInfo) -> str:
@@ -34,6 +37,8 @@ def _default(field: FieldInfo) -> str:
         return "auto" if "int" in str(field.annotation) else "unset"
     if isinstance(value, list):
         return ",".join(value) or "empty"
+    if isinstance(value, Path) and value == default_data_dir():  # this user's, not the machine's that wrote the file
+        return "$XDG_DATA_HOME/cell-classifier (~/.local/share/cell-classifier)"
     if isinstance(value, Path) and value.is_absolute():  # found where the package is installed
         return f"<package>/{value.relative_to(default_model_path().parents[1]).as_posix()}"
     return str(value)

@@ -24,7 +24,7 @@ from service.edge.errors import install_error_handlers
 from service.edge.headers import SecurityHeaders
 from service.edge.limits import BodySizeLimit
 from service.edge.metrics_middleware import MetricsMiddleware
-from service.edge.routes import admin, docs, explain, health, page, predict
+from service.edge.routes import admin, docs, explain, health, page, predict, quality
 from service.edge.routes.v2 import routes as v2
 
 log = logging.getLogger("service")
@@ -92,6 +92,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
     app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(explain.router)
+    app.include_router(quality.router)
     docs.install(app)
     if settings.ui_enabled:
         page.install(app)

@@ -31,6 +31,7 @@ from service.core.failures import (
     RequestError,
     RequestTimeoutError,
     ServiceError,
+    StoreUnavailableError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
@@ -69,6 +70,7 @@ STATUS_FOR: tuple[Rule, ...] = (
     Rule(RequestError, 400),
     Rule(BusyError, 503),
     Rule(NotReadyError, 503),
+    Rule(StoreUnavailableError, 503),
 )
 # Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
 RETRYABLE = frozenset({503})

@@ -21,6 +21,7 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
+    id: str = Field(description="this prediction's id (a UUID): POST /feedback takes it with the true label")
     filename: str | None = Field(description="the uploaded file's name, when the client sent one")
     probability: float = Field(ge=0, le=1, description="probability of the positive class")
     label: str = Field(description="class name at the model's decision threshold")
@@ -44,4 +45,65 @@ class Health(BaseModel):
 class ReloadResponse(BaseModel):
     previous: str = Field(description="the version that served before the call")
     serving: str = Field(description="the version that answers new requests now")
-    swapped: bool = Field(description="false when no newer version was found")
+    swapped: bool = Field(description="false when no newer version was found (or, ROLLOUT=shadow, it is in shadow)")
+    shadow: str | None = Field(None, description="ROLLOUT=shadow: the version scored in shadow, not served")
+
+
+class VerdictIn(BaseModel):
+    id: str = Field(description="a prediction id from /predict, /explain or /v2 infer", max_length=64)
+    label: str = Field(description="the true class name (the model card's class_names)", max_length=64)
+
+
+class VerdictOut(BaseModel):
+    id: str
+    version: str = Field(description="the version whose served answer the verdict judges")
+    predicted: str = Field(description="the label that version answered")
+    label: str = Field(description="the true label given")
+    correct: bool
+
+
+class FeedbackResponse(BaseModel):
+    verdicts: list[VerdictOut] = Field(description="one per verdict sent, in order")
+
+
+class Agreement(BaseModel):
+    compared: int = Field(description="images this version scored in shadow that the served version answered")
+    agreed: int = Field(description="of those, how many got the served answer's label")
+    rate: float | None
+
+
+class VersionQuality(BaseModel):
+    version: str
+    role: str = Field(description="served, shadow, or retired (answered earlier; still in the log)")
+    answers: dict[str, int] = Field(description="answers in the log by role: served, shadow")
+    verdicts: int = Field(description="judged answers the figures cover: its last QUALITY_WINDOW verdicts")
+    correct: int
+    accuracy: float | None
+    precision: float | None = Field(description="for the positive class; null while it predicted none")
+    recall: float | None = Field(description="for the positive class; null while none was judged")
+    confusion: dict[str, dict[str, int]] = Field(description="confusion[true label][predicted label]")
+    agreement: Agreement | None = Field(description="a shadow-scored version's labels beside the served ones")
+
+
+class ShadowActivity(BaseModel):
+    sample: float = Field(description="SHADOW_SAMPLE: the share of live images offered to the shadow")
+    scored: int = Field(description="images this process scored in shadow")
+    skipped: int = Field(description="images offered but skipped (no spare capacity)")
+
+
+class LogActivity(BaseModel):
+    store: str | None = Field(description="where the log is written (password hidden); null when it is off")
+    queued: int
+    written: int = Field(description="rows this process wrote")
+    dropped: dict[str, int] = Field(description="rows this process dropped, by reason")
+
+
+class QualityResponse(BaseModel):
+    window: int = Field(description="QUALITY_WINDOW: the last verdicts per version the figures cover")
+    class_names: list[str]
+    positive_class: str
+    served_version: str
+    shadow_version: str | None
+    versions: list[VersionQuality]
+    shadow: ShadowActivity
+    log: LogActivity

@@ -122,6 +122,18 @@ def test_pod_runs_as_the_image_user_on_a_read_only_root(base: dict[str, dict[str
     assert "emptyDir" in volumes[mounts["/tmp"]], "multipart uploads spool to /tmp: it must be writable"
 
 
+@pytest.mark.parametrize("which", ["base", "kserve"])
+def test_the_prediction_log_is_off_or_shared_by_every_replica(
+    base: dict[str, dict[str, Any]], kserve: dict[str, dict[str, Any]], which: str
+) -> None:
+    """The root file system is read-only and replicas come and go: no per-pod SQLite log."""
+    pod = base["Deployment"]["spec"]["template"]["spec"] if which == "base" else kserve["ServingRuntime"]["spec"]
+    env = {item["name"]: item for item in container(pod).get("env", [])}
+    names = {name.upper() for name in Settings.model_fields}
+    assert set(env) <= names, f"not settings of the service: {set(env) - names}"
+    assert env["PREDICTION_LOG"]["value"] == "false" or "PREDICTION_LOG_URL" in env
+
+
 def test_probes_and_port_match_the_service(base: dict[str, dict[str, Any]]) -> None:
     pod = base["Deployment"]["spec"]["template"]["spec"]
     main = container(pod)

@@ -39,6 +39,12 @@ expected-statuses = {CONTENT_STATUSES!r}
 [[operations]]
 include-path = "/explain"
 checks.positive_data_acceptance.expected-statuses = {[*CONTENT_STATUSES, "422"]!r}
+
+# /feedback's label must be one of the model card's class names, known only once the model is loaded: a
+# documented 422 for a schema-valid string.
+[[operations]]
+include-path = "/feedback"
+checks.positive_data_acceptance.expected-statuses = {[*CONTENT_STATUSES, "422"]!r}
 """
 
 

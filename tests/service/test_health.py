@@ -120,6 +120,7 @@ def test_openapi_documents_the_predict_request_and_responses(client: TestClient)
     predict_response = schema["components"]["schemas"]["PredictResponse"]
     assert set(predict_response["properties"]) == {"model", "threshold", "predictions"}
     assert set(schema["components"]["schemas"]["Prediction"]["properties"]) == {
+        "id",
         "filename",
         "probability",
         "label",

@@ -159,5 +159,7 @@ def test_predict_with_api_key_set_answers_the_right_key(make_client: Callable[..
 
 def test_predict_gives_the_same_answer_for_the_same_bytes_every_time(client: TestClient) -> None:
     data = image_bytes(gradient(mode="RGB"), "JPEG")
-    answers = {client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"}).text for _ in range(3)}
-    assert len(answers) == 1
+    bodies = [client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"}).json() for _ in range(3)]
+    ids = {body["predictions"][0].pop("id") for body in bodies}
+    assert len(ids) == 3, "each prediction gets its own id"
+    assert all(body == bodies[0] for body in bodies)

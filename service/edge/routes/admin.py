@@ -1,4 +1,5 @@
-"""POST /admin/reload: serve MODEL_DIR's newest version now (also done by polling when configured)."""
+"""POST /admin/reload: serve MODEL_DIR's newest version now (also done by polling when configured), or with
+ROLLOUT=shadow score it in shadow; POST /admin/promote: serve the version scored in shadow."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from service.edge.security import require_api_key
 def require_configured_key(request: Request) -> None:
     # An admin action must never be open: without a key there is nobody to trust.
     if request.app.state.settings.api_key is None:
-        raise ForbiddenError("POST /admin/reload is off: set API_KEY to use it (and send it in X-API-Key)")
+        raise ForbiddenError(f"POST {request.url.path} is off: set API_KEY to use it (and send it in X-API-Key)")
 
 
 router = APIRouter()
@@ -22,6 +23,7 @@ router = APIRouter()
 @router.post(
     "/admin/reload",
     response_model=ReloadResponse,
+    response_model_exclude_none=True,  # `shadow` only when ROLLOUT=shadow put a version there
     dependencies=[Depends(require_configured_key), Depends(require_api_key)],
     responses={
         401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
@@ -33,4 +35,24 @@ router = APIRouter()
 async def reload(pipeline: PipelineDep) -> ReloadResponse:
     """Loads, checks and warms MODEL_DIR's highest version beside the served one, then swaps it in."""
     outcome = await pipeline.reload()
+    return ReloadResponse(
+        previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped, shadow=outcome.shadow
+    )
+
+
+@router.post(
+    "/admin/promote",
+    response_model=ReloadResponse,
+    response_model_exclude_none=True,
+    dependencies=[Depends(require_configured_key), Depends(require_api_key)],
+    responses={
+        401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
+        403: {"model": ErrorResponse, "description": "no API_KEY is set, so the endpoint is off"},
+        409: {"model": ErrorResponse, "description": "no version is scored in shadow"},
+        503: {"model": ErrorResponse, "description": "not ready yet"},
+    },
+)
+async def promote(pipeline: PipelineDep) -> ReloadResponse:
+    """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one."""
+    outcome = await pipeline.promote()
     return ReloadResponse(previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped)

@@ -18,9 +18,9 @@ from service.core.explain import (
     explain,
 )
 from service.core.explain_render import SCALE, input_png, render_png
-from service.core.pipeline import Pipeline
+from service.core.pipeline import Answer, EncodedImage, Pipeline
 from service.edge.deps import PipelineDep
-from service.edge.encoding import VERSION_HEADER, model_ref
+from service.edge.encoding import PREDICTION_ID_HEADER, VERSION_HEADER, model_ref
 from service.edge.routes.predict import _errors as predict_errors
 from service.edge.schemas import ErrorResponse, ModelRef
 from service.edge.security import require_api_key
@@ -74,6 +74,7 @@ class Strongest(BaseModel):
 
 
 class ExplainResponse(BaseModel):
+    id: str = Field(description="the prediction's id (a UUID): POST /feedback takes it with the true label")
     model: ModelRef
     filename: str | None
     label: str = Field(description="predicted class at the model's threshold")
@@ -87,12 +88,12 @@ class ExplainResponse(BaseModel):
     strongest: Strongest = Field(description="the position whose occlusion lowers the prediction most")
 
 
-async def _one_image(request: Request, pipeline: Pipeline, deadline: float) -> tuple[str | None, np.ndarray]:
+async def _one_image(request: Request, pipeline: Pipeline, deadline: float) -> tuple[EncodedImage, np.ndarray]:
     settings = pipeline.settings
     async with arriving_by(deadline, settings.request_timeout_s):
         images = await read_uploads(request, 1, settings.max_file_bytes)
     (array,) = await pipeline.decode(images, deadline)
-    return images[0].name, array
+    return images[0], array
 
 
 def _wants_png(request: Request, format: str | None) -> bool:
@@ -105,7 +106,8 @@ def _wants_png(request: Request, format: str | None) -> bool:
     "/explain",
     response_model=ExplainResponse,
     responses={
-        200: {**_png, "description": f"JSON, or with Accept: image/png or ?format=png a PNG ({SCALE}x upscaled)"},
+        200: {**_png, "description": f"JSON, or with Accept: image/png or ?format=png a PNG ({SCALE}x upscaled; "
+              f"the prediction id in the {PREDICTION_ID_HEADER} header)"},
         **{code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
     },
     openapi_extra={"requestBody": _one_image_body},
@@ -123,18 +125,20 @@ async def explain_image(
     """Occlusion map for one image: how much the predicted class's probability drops where a gray patch hides it."""
     grid = OcclusionGrid.checked(patch, stride, pipeline.settings.explain_max_occlusions)  # 422 when out of range
     deadline = pipeline.deadline()
-    name, array = await _one_image(request, pipeline, deadline)
+    image, array = await _one_image(request, pipeline, deadline)
     result, model = await explain(pipeline, array, grid, deadline)
     threshold = pipeline.threshold()
-    headers = {VERSION_HEADER: model.version}
+    (id,) = await pipeline.log_answer([image.data], Answer([result.probability], model, [array]), threshold)
+    headers = {VERSION_HEADER: model.version, PREDICTION_ID_HEADER: id}
     if _wants_png(request, format):
         loop = asyncio.get_running_loop()
         png = await loop.run_in_executor(pipeline.decoder, render_png, result, threshold)
         return Response(png, media_type="image/png", headers=headers)
     body = ExplainResponse.model_validate(
         {
+            "id": id,
             "model": model_ref(model),
-            "filename": name,
+            "filename": image.name,
             "threshold": threshold,
             **result.as_dict(),
         }

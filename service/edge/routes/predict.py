@@ -67,5 +67,7 @@ async def predict(
         images = await read_uploads(request, settings.max_files, settings.max_file_bytes)
     answer = await pipeline.answer(images, deadline)
     names = [image.name for image in images]
+    threshold = pipeline.threshold(threshold)
+    ids = await pipeline.log_answer([image.data for image in images], answer, threshold)
     response.headers[VERSION_HEADER] = answer.model.version
-    return encode(answer.model, names, answer.probabilities, pipeline.threshold(threshold))
+    return encode(answer.model, names, answer.probabilities, threshold, ids)

@@ -27,6 +27,7 @@ from service.edge.routes.v2.schemas import (
     MetadataTensor,
     RequestInput,
     ResponseOutput,
+    ResponseParameters,
     TensorParameters,
 )
 
@@ -373,6 +374,7 @@ def encode_response(
     outputs: Sequence[OutputChoice],
     probabilities: Sequence[float],
     labels: Sequence[str],
+    ids: Sequence[str] = (),
 ) -> EncodedResponse:
     """The response body: probability [N, 1] FP32 and label [N] BYTES, as the request chose them."""
     count = len(probabilities)
@@ -401,7 +403,8 @@ def encode_response(
         else:
             tensors.append(ResponseOutput(name=spec.name, shape=shape, datatype=spec.datatype, data=json_data))
     header = InferenceResponse(
-        model_name=model_name, model_version=model_version, id=request_id, outputs=tensors
+        model_name=model_name, model_version=model_version, id=request_id,
+        parameters=ResponseParameters(ids=list(ids)) if ids else None, outputs=tensors,
     ).model_dump_json(exclude_none=True).encode()
     if not blobs:
         return EncodedResponse(header, None)

@@ -233,6 +233,9 @@ async def _infer(
         # A reload swapped versions while this request waited; the protocol promises the version asked for.
         raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
     threshold, class_names = pipeline.threshold(), answer.model.classifier.metadata.class_names
+    # Encoded images are logged by their file's sha256; FP32 tensors by their raw bytes'.
+    logged = tensor.images if tensor.images is not None else [array.tobytes() for array in answer.inputs]
+    ids = await pipeline.log_answer(logged, answer, threshold)
     encoded = codec.encode_response(
         model_name=answer.model.classifier.metadata.name,
         model_version=answer.model.version,
@@ -240,6 +243,7 @@ async def _infer(
         outputs=outputs,
         probabilities=answer.probabilities,
         labels=[label_for(p, threshold, class_names) for p in answer.probabilities],
+        ids=ids,
     )
     headers = {VERSION_HEADER: answer.model.version}
     if encoded.header_length is None:

@@ -65,10 +65,17 @@ class ResponseOutput(BaseModel):
     data: list[Any] | None = Field(None, description="absent when the output is sent as binary data")
 
 
+class ResponseParameters(_Open):
+    ids: list[str] | None = Field(
+        None, description="one prediction id per image, in batch order: POST /feedback takes them"
+    )
+
+
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: ResponseParameters | None = None
     outputs: list[ResponseOutput]
 
 

@@ -1,0 +1,205 @@
+"""Live quality's costs, as the issue's targets in one run: `python -m bench.quality --duration 10 --rounds 3`.
+
+- the SQLite prediction log on vs off: /predict images/s at 16 connections (target: at least 0.95);
+- a shadow version (SHADOW_SAMPLE=1.0) vs none: /predict at 16 connections, where the CPU is saturated
+  (target: at least 0.9), and p99 at 1 connection (target: at most 1.2x); with the share of served images the
+  shadow actually scored.
+
+Each comparison starts both servers (`python -m service`, bench/servers.py; each with its own temporary
+DATA_DIR) and loads them in turns with wrk (bench/load.py) on ELPV cells (bench/corpora.py): A B, then B A, ...
+for --rounds rounds, so a neighbour's load on a shared machine falls on both alike; a target is the median of
+the per-round ratios. The shadow pair serves MODEL_DIR version 1 with ROLLOUT=shadow in both; in one, the version
+poller finds version 2 (the same model files) and puts it in shadow before the load starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import corpora, load
+from bench.servers import REPO_ROOT, Server, service_spec
+from bench.targets import Target
+
+log = logging.getLogger("bench.quality")
+MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.int8.json", "model.json")
+# The version poller's period in the shadow pair (both servers, so both pay for it).
+POLL_S = "0.5"
+
+
+@dataclass(frozen=True)
+class Run:
+    config: str
+    connections: int
+    round: int
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    non_2xx: int
+    socket_errors: int
+    images_served: float
+    shadow_scored: float
+    shadow_skipped: float
+    log_written: float
+    log_dropped: float
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """Every sample of GET /metrics, keyed `name{label=value,...}`."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def _sum(values: Mapping[str, float], name: str) -> float:
+    """The samples of `name` summed over their labels; `name{label=value` narrows it to those labels."""
+    prefix = name if "{" in name else name + "{"
+    return sum(v for k, v in values.items() if k.startswith(prefix))
+
+
+def _versions(folder: Path, model: Path, versions: int) -> Path:
+    for version in range(1, versions + 1):
+        target = folder / str(version)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FILES:
+            if (model.parent / name).exists():
+                shutil.copy(model.parent / name, target / name)
+    return folder
+
+
+def _wait_for_shadow(server: Server) -> None:
+    deadline = time.monotonic() + 120
+    while _metrics(server.url).get("model_version_shadow{version=2}") != 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"version 2 was not in shadow within 120 s (log: {server.log_path})")
+        time.sleep(0.2)
+
+
+def _one_run(server: Server, corpus: corpora.Corpus, connections: int, duration_s: int, round: int) -> Run:
+    server.wait_idle()
+    before = _metrics(server.url)
+    result = load.run(server.url, corpus.list_file, connections, duration_s)
+    server.wait_idle()  # the shadow's and the writer's backlog counted in this run
+    after = _metrics(server.url)
+
+    def delta(name: str) -> float:
+        return _sum(after, name) - _sum(before, name)
+
+    run = Run(
+        server.spec.name, connections, round, result.requests_per_s, result.p50_ms, result.p99_ms, result.non_2xx,
+        result.socket_errors, delta("images_predicted_total"), delta("shadow_images_total{outcome=scored"),
+        delta("shadow_images_total{outcome=skipped"), delta("prediction_log_rows_total"),
+        delta("prediction_log_dropped_total"),
+    )
+    log.info("%s", run)
+    return run
+
+
+def compare(
+    pair: tuple[tuple[str, Mapping[str, str]], tuple[str, Mapping[str, str]]], corpus: corpora.Corpus,
+    connections: tuple[int, ...], args: argparse.Namespace, work: Path, shadow_in: str | None = None,
+) -> list[Run]:
+    """Both servers up at once, loaded in turns (A B, B A, ...) for each connection count."""
+    servers = [Server(service_spec(name, args.model, {"DATA_DIR": str(work / name / "data"), **env}), work)
+               for name, env in pair]
+    rows: list[Run] = []
+    with servers[0], servers[1]:
+        for server in servers:
+            if server.spec.name == shadow_in:  # the poller finds version 2 and puts it in shadow
+                _versions(Path(server.spec.env["MODEL_DIR"]), args.model, 2)
+                _wait_for_shadow(server)
+            load.run(server.url, corpus.list_file, max(connections), args.warmup)
+        for count in connections:
+            for round in range(args.rounds):
+                for server in servers if round % 2 == 0 else reversed(servers):
+                    rows.append(_one_run(server, corpus, count, args.duration, round))
+    return rows
+
+
+def _median_ratio(rows: list[Run], a: str, b: str, connections: int, field: str) -> float | None:
+    ratios = []
+    for round in sorted({r.round for r in rows}):
+        mine = {r.config: getattr(r, field) for r in rows if (r.round, r.connections) == (round, connections)}
+        if mine.get(a) is not None and mine.get(b):
+            ratios.append(mine[a] / mine[b])
+    return statistics.median(ratios) if ratios else None
+
+
+def targets(rows: list[Run]) -> list[Target]:
+    return [
+        Target("prediction log on vs off, /predict at 16 connections", "median over rounds of log-on / log-off rps",
+               _median_ratio(rows, "log-on", "log-off", 16, "requests_per_s"), 0.95, ">="),
+        Target("shadow (SHADOW_SAMPLE=1.0) vs none, /predict at 16 connections",
+               "median over rounds of shadow / no-shadow rps",
+               _median_ratio(rows, "shadow", "no-shadow", 16, "requests_per_s"), 0.9, ">="),
+        Target("shadow vs none, p99 at 1 connection", "median over rounds of shadow / no-shadow p99",
+               _median_ratio(rows, "shadow", "no-shadow", 1, "p99_ms"), 1.2, "<="),
+    ]
+
+
+def report(rows: list[Run], found: list[Target]) -> str:
+    lines = ["| config | connections | round | requests/s | p50 ms | p99 ms | non-2xx | images | shadow scored | "
+             "shadow skipped | log rows written | log rows dropped |", "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r.config} | {r.connections} | {r.round} | {r.requests_per_s:.1f} | {r.p50_ms or 0:.1f} | "
+            f"{r.p99_ms or 0:.1f} | {r.non_2xx} | {r.images_served:.0f} | {r.shadow_scored:.0f} | "
+            f"{r.shadow_skipped:.0f} | {r.log_written:.0f} | {r.log_dropped:.0f} |"
+        )
+    lines += ["", "| target | formula | value | bound | verdict |", "|---|---|---|---|---|"]
+    for t in found:
+        value = "n/a" if t.value is None else f"{t.value:.3f}"
+        lines.append(f"| {t.name} | {t.formula} | {value} | {t.direction} {t.bound} | {t.verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per comparison (A B, B A, ...)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load on each server before the runs")
+    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "model.onnx")
+    parser.add_argument("--out", type=Path, help="also write the rows and targets as JSON here")
+    parser.add_argument("--only", choices=("log", "shadow"), help="run one of the two comparisons")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    (corpus,) = corpora.load(["elpv"])
+    rows: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
+        work = Path(folder)
+        if args.only != "shadow":
+            rows += compare((("log-off", {"PREDICTION_LOG": "false"}), ("log-on", {})), corpus, (16,), args, work)
+        shadow_env = {"ROLLOUT": "shadow", "SHADOW_SAMPLE": "1.0", "MODEL_POLL_INTERVAL_S": POLL_S}
+        pair = tuple(
+            (name, {**shadow_env, "MODEL_DIR": str(_versions(work / name / "versions", args.model, 1))})
+            for name in ("no-shadow", "shadow")
+        )
+        if args.only != "log":
+            rows += compare(pair, corpus, (16, 1), args, work, shadow_in="shadow")  # type: ignore[arg-type]
+    found = targets(rows)
+    print(report(rows, found))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"rows": [asdict(r) for r in rows],
+                                        "targets": [{**asdict(t), "verdict": t.verdict} for t in found]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Live quality, the one object the pipeline holds: ids and rows for answers, verdicts, scores per version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.core.config import QualitySettings
+from service.core.failures import ForbiddenError, InvalidRequestError, NotFoundError, StoreUnavailableError, one_line
+from service.core.labels import label_for
+from service.core.metrics import Metrics
+from service.core.quality.log import PredictionLog
+from service.core.quality.records import Answerer, ImageFacts, PredictionRecord, new_id
+from service.core.quality.scores import Scores
+from service.core.quality.shadow import SCORED, SKIPPED, ShadowModel, ShadowScorer
+from service.core.quality.store import Store, sqlite_url
+
+log = logging.getLogger(__name__)
+
+# Hashing runs on the event loop up to this many bytes per request (~0.3 ms with SHA extensions); larger
+# uploads (photos) are hashed on a thread.
+HASH_INLINE_BYTES = 512 * 1024
+# How long a verdict for an id not found yet waits for this process's writer (an answer given a moment ago).
+WAIT_FOR_ROW_S = 2.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    id: str
+    version: str
+    predicted: str
+    label: str
+
+    @property
+    def correct(self) -> bool:
+        return self.predicted == self.label
+
+
+class LiveQuality:
+    def __init__(self, settings: QualitySettings, metrics: Metrics, store: Store | None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = store
+        self.log = (
+            PredictionLog(
+                store, max_queue=settings.prediction_log_queue, retention_s=settings.prediction_log_retention_s,
+                on_drop=lambda reason, rows: metrics.log_dropped.labels(reason).inc(rows),
+                on_write=metrics.log_rows.inc,
+            )
+            if store is not None else None
+        )
+        self.shadow = ShadowScorer(
+            sample=settings.shadow_sample, max_queue=settings.shadow_queue,
+            on_record=self.log.put if self.log is not None else lambda record: None,
+            on_count=lambda outcome: metrics.shadow_images.labels(outcome).inc(),
+        )
+        for reason in ("queue_full", "store_error"):
+            metrics.log_dropped.labels(reason)
+        for outcome in (SCORED, SKIPPED):
+            metrics.shadow_images.labels(outcome)
+
+    @classmethod
+    def open(cls, settings: QualitySettings, metrics: Metrics) -> LiveQuality:
+        """The store is opened lazily (first write or query), so a database down at start-up delays nothing."""
+        store = None
+        if settings.prediction_log:
+            url = settings.prediction_log_url.get_secret_value() if settings.prediction_log_url else None
+            store = Store(url or sqlite_url(settings.data_dir))
+        return cls(settings, metrics, store)
+
+    def start(self) -> None:
+        if self.log is not None:
+            self.log.start()
+            self.metrics.log_queue.set_function(lambda: self.log.queued if self.log else 0)
+            log.info("prediction log: %s", self.store.where if self.store else "off")
+        self.shadow.start()
+
+    def stop(self) -> None:
+        """Blocking: scores what the shadow has queued, then writes every queued row."""
+        self.shadow.stop()
+        if self.log is not None:
+            self.log.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # --- the request path --------------------------------------------------------------------------------
+
+    async def record(
+        self, answerer: Answerer, images: Sequence[bytes], probabilities: Sequence[float], threshold: float,
+        inputs: Sequence[np.ndarray] = (),
+    ) -> list[str]:
+        """A new id per answer, in order; the rows queued (never waited for) and the inputs offered to the shadow."""
+        ids = [new_id() for _ in probabilities]
+        if self.log is None and self.shadow.model is None:
+            return ids
+        keep = self.settings.prediction_log_images
+        if sum(len(data) for data in images) <= HASH_INLINE_BYTES:
+            facts = [ImageFacts.of(data, keep=keep) for data in images]
+        else:
+            facts = await asyncio.to_thread(lambda: [ImageFacts.of(data, keep=keep) for data in images])
+        if self.log is not None:
+            for id, probability, image in zip(ids, probabilities, facts, strict=True):
+                label = label_for(probability, threshold, answerer.class_names)
+                self.log.put(PredictionRecord.of(id, "served", answerer, probability, label, threshold, image))
+        if self.shadow.model is not None:
+            for id, image, array in zip(ids, facts, inputs, strict=False):
+                self.shadow.offer(id, image, array)
+        return ids
+
+    def follow_shadow(self, model: ShadowModel | None, spare: Callable[[], bool] = lambda: True) -> None:
+        self.shadow.follow(model, spare)
+        self.metrics.shadow_version.clear()
+        if model is not None:
+            self.metrics.shadow_version.labels(model.answerer.version).set(1)
+
+    # --- verdicts and scores (blocking: called through asyncio.to_thread) ----------------------------------
+
+    def _store(self, door: str) -> Store:
+        if self.store is None:
+            raise ForbiddenError(f"{door} needs the prediction log, which is off: set PREDICTION_LOG=true")
+        return self.store
+
+    def give_verdicts(self, verdicts: Sequence[tuple[str, str]], class_names: Sequence[str]) -> list[Verdict]:
+        """All or nothing: every label must be a class name and every id a logged served answer."""
+        store = self._store("POST /feedback")
+        for _, label in verdicts:
+            if label not in class_names:
+                raise InvalidRequestError(f"unknown label '{label}': the model's classes are {list(class_names)}")
+        ids = [id for id, _ in verdicts]
+        try:
+            found = store.served(ids)
+            if len(found) < len(set(ids)) and self.log is not None and self.log.wait_written(WAIT_FOR_ROW_S):
+                found = store.served(ids)  # answered a moment ago: its row was still queued
+            missing = [id for id in ids if id not in found]
+            if missing:
+                raise NotFoundError(
+                    f"no logged prediction with id {', '.join(missing[:5])}: ids come from /predict, /explain or "
+                    f"/v2 answers and are kept PREDICTION_LOG_RETENTION_S "
+                    f"({self.settings.prediction_log_retention_s:.0f} s)"
+                )
+            store.give_verdicts(verdicts, time.time())
+            versions = store.versions_of(ids)
+        except NotFoundError:
+            raise
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+        given = [Verdict(id, found[id].version, found[id].label, label) for id, label in verdicts]
+        for verdict in given:
+            self.metrics.feedback.labels(verdict.version, "correct" if verdict.correct else "wrong").inc()
+        for version in versions:
+            self._scores(store, version, class_names)
+        return given
+
+    def report(self, class_names: Sequence[str], served: str, shadow: str | None) -> dict[str, Any]:
+        """GET /quality: per version, its scores over the last QUALITY_WINDOW verdicts, and the shadow's agreement."""
+        store = self._store("GET /quality")
+        try:
+            counts = {row.version: row for row in store.counts()}
+            versions: list[dict[str, Any]] = []
+            for version in sorted(set(counts) | {served} | ({shadow} if shadow else set()), key=_version_key):
+                scores = self._scores(store, version, class_names)
+                row = counts.get(version)
+                compared, agreed = store.agreement(version)
+                versions.append({
+                    "version": version,
+                    "role": "served" if version == served else "shadow" if version == shadow else "retired",
+                    "answers": {"served": row.served if row else 0, "shadow": row.shadow if row else 0},
+                    "verdicts": scores.verdicts,
+                    "correct": scores.correct,
+                    "accuracy": scores.accuracy,
+                    "precision": scores.precision,
+                    "recall": scores.recall,
+                    "confusion": scores.confusion,
+                    "agreement": {"compared": compared, "agreed": agreed,
+                                  "rate": agreed / compared if compared else None} if compared else None,
+                })
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+        return {
+            "window": self.settings.quality_window,
+            "class_names": list(class_names),
+            "positive_class": class_names[1],
+            "served_version": served,
+            "shadow_version": shadow,
+            "versions": versions,
+            "shadow": {
+                "sample": self.settings.shadow_sample,
+                "scored": self._count("shadow_images_total", outcome=SCORED),
+                "skipped": self._count("shadow_images_total", outcome=SKIPPED),
+            },
+            "log": {
+                "store": self.store.where if self.store else None,
+                "queued": self.log.queued if self.log else 0,
+                "written": self._count("prediction_log_rows_total"),
+                "dropped": {reason: self._count("prediction_log_dropped_total", reason=reason)
+                            for reason in ("queue_full", "store_error")},
+            },
+        }
+
+    def _scores(self, store: Store, version: str, class_names: Sequence[str]) -> Scores:
+        """The version's scores, also set on its gauges."""
+        scores = Scores.of(store.recent_verdicts(version, self.settings.quality_window), class_names)
+        self.metrics.verdicts.labels(version).set(scores.verdicts)
+        for gauge, value in ((self.metrics.accuracy, scores.accuracy), (self.metrics.precision, scores.precision),
+                             (self.metrics.recall, scores.recall)):
+            gauge.labels(version).set(math.nan if value is None else value)
+        return scores
+
+    def _count(self, name: str, **labels: str) -> int:
+        """This process's count of a counter series (other replicas count their own)."""
+        return int(self.metrics.registry.get_sample_value(name, labels) or 0)
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
+        log.warning("the prediction log's store failed a query: %s", one_line(exc))
+        where = self.store.where if self.store else "the store"
+        return StoreUnavailableError(f"the prediction log ({where}) is not answering; try again later")
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), version) if version.isdigit() else (1 << 62, version)
