@@ -249,7 +249,8 @@ def test_a_poller_tick_that_raises_is_logged_once_counted_and_polling_goes_on(
 def test_stop_runs_every_step_when_one_fails(
     add_version: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = _start(model_dir=add_version(1), api_key=KEY, model_poll_interval_s=0.02)
+    # The batcher's path, whose stop is made to fail (the tiny model's measurement could pick either).
+    client = _start(model_dir=add_version(1), api_key=KEY, model_poll_interval_s=0.02, request_path="batched")
     add_version(2)
     wait_until(lambda: client.get("/model", headers=HEADERS).json()["version"] == "2")
     stopped: list[str] = []

@@ -20,17 +20,23 @@ def require_configured_key(request: Request) -> None:
 router = APIRouter()
 
 
+def _admin_responses(conflict: str) -> dict[int | str, dict[str, object]]:
+    """The error answers every admin endpoint documents; `conflict` says what its 409 means."""
+    why = {
+        401: "X-API-Key missing or wrong",
+        403: "no API_KEY is set, so the endpoint is off",
+        409: conflict,
+        503: "not ready yet",
+    }
+    return {code: {"model": ErrorResponse, "description": text} for code, text in why.items()}
+
+
 @router.post(
     "/admin/reload",
     response_model=ReloadResponse,
     response_model_exclude_none=True,  # `shadow` only when ROLLOUT=shadow put a version there
     dependencies=[Depends(require_configured_key), Depends(require_api_key)],
-    responses={
-        401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
-        403: {"model": ErrorResponse, "description": "no API_KEY is set, so the endpoint is off"},
-        409: {"model": ErrorResponse, "description": "the newer version failed its checks; the old one serves"},
-        503: {"model": ErrorResponse, "description": "not ready yet"},
-    },
+    responses=_admin_responses("the newer version failed its checks; the old one serves"),
 )
 async def reload(pipeline: PipelineDep) -> ReloadResponse:
     """Loads, checks and warms MODEL_DIR's highest version beside the served one, then swaps it in."""
@@ -45,12 +51,7 @@ async def reload(pipeline: PipelineDep) -> ReloadResponse:
     response_model=ReloadResponse,
     response_model_exclude_none=True,
     dependencies=[Depends(require_configured_key), Depends(require_api_key)],
-    responses={
-        401: {"model": ErrorResponse, "description": "X-API-Key missing or wrong"},
-        403: {"model": ErrorResponse, "description": "no API_KEY is set, so the endpoint is off"},
-        409: {"model": ErrorResponse, "description": "no version is scored in shadow"},
-        503: {"model": ErrorResponse, "description": "not ready yet"},
-    },
+    responses=_admin_responses("no version is scored in shadow"),
 )
 async def promote(pipeline: PipelineDep) -> ReloadResponse:
     """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one."""
