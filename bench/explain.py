@@ -59,7 +59,7 @@ async def predict_loop(pipeline: Pipeline, images: list[EncodedImage], stop: flo
     i = 0
     while loop.time() < stop:
         start = time.perf_counter()
-        await pipeline.classify([images[i % len(images)]], pipeline.deadline())
+        await pipeline.answer([images[i % len(images)]], pipeline.deadline())
         out.append(time.perf_counter() - start)
         i += 1
 

@@ -182,11 +182,11 @@ async def explain(
     settings = pipeline.settings
     chunk = max(1, min(settings.explain_chunk_images, settings.max_batch_size, settings.max_queue_images))
     start = time.perf_counter()
-    base = await pipeline.predict_with_model([image], deadline)
+    base = await pipeline.answer_arrays([image], deadline)
     copies = grid.occluded(image)
     probabilities: list[float] = []
     for i in range(0, len(copies), chunk):
-        answer = await pipeline.predict_with_model(list(copies[i : i + chunk]), deadline, served_inputs=False)
+        answer = await pipeline.answer_arrays(list(copies[i : i + chunk]), deadline, served_inputs=False)
         if answer.model is not base.model:
             raise pipeline.busy(
                 f"model version {answer.model.version} took over from {base.model.version} during the explanation"

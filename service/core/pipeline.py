@@ -377,17 +377,14 @@ class Pipeline:
         """The event-loop time by which a request that starts now must be answered."""
         return asyncio.get_running_loop().time() + self.settings.request_timeout_s
 
-    async def classify(self, images: Sequence[EncodedImage], deadline: float) -> list[float]:
-        """Encoded images -> positive-class probabilities, in the same order."""
-        return (await self.answer(images, deadline)).probabilities
-
     async def answer(self, images: Sequence[EncodedImage], deadline: float) -> Answer:
-        """As classify, with the model version that answered (all images of a call go to one version)."""
+        """Encoded images -> positive-class probabilities in the same order, with the version that answered (all
+        images of a call go to one version). One of the two entry points, with answer_arrays."""
         model = self.model
         direct = model.direct
         if direct is None:
             arrays = await self.decode(images, deadline)
-            return await self.predict_with_model(arrays, deadline)
+            return await self.answer_arrays(arrays, deadline)
         try:
             direct.admit(len(images))
         except OverloadedError as exc:
@@ -445,16 +442,12 @@ class Pipeline:
             statistics = self.drift.observe(arrays, probabilities, self.threshold())
             self.metrics.observe_inputs(statistics)
 
-    async def predict(
-        self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
-    ) -> list[float]:
-        """Preprocessed (100, 100, 1) arrays -> probabilities, through the micro-batcher. `served_inputs=False`
-        for arrays the service made itself (occluded copies), which must not count in the drift metrics."""
-        return (await self.predict_with_model(arrays, deadline, served_inputs=served_inputs)).probabilities
-
-    async def predict_with_model(
+    async def answer_arrays(
         self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
     ) -> Answer:
+        """Preprocessed (100, 100, 1) arrays (/v2 tensors, /explain's copies) -> probabilities, through the version's
+        predictor. `served_inputs=False` for arrays the service made itself (occluded copies), which must not
+        count in the drift metrics."""
         model = self.model
         try:
             async with asyncio.timeout_at(deadline):

@@ -79,7 +79,7 @@ def images(n: int) -> list[np.ndarray]:
 async def predict(pipeline: Pipeline, n: int) -> list[float]:
     await pipeline.start()
     try:
-        return await pipeline.predict(images(n), pipeline.deadline())
+        return (await pipeline.answer_arrays(images(n), pipeline.deadline())).probabilities
     finally:
         await pipeline.stop()
 
@@ -113,7 +113,7 @@ def test_a_request_past_its_deadline_cancels_its_remote_calls(tiny_model_path: P
     async def late() -> None:
         await pipeline.start()
         try:
-            await pipeline.predict(images(2), asyncio.get_running_loop().time() - 1)
+            await pipeline.answer_arrays(images(2), asyncio.get_running_loop().time() - 1)
         finally:
             await pipeline.stop()
 
@@ -128,7 +128,7 @@ def test_the_remote_model_refuses_work_once_stopped(tiny_model_path: Path) -> No
     asyncio.run(predict(pipeline, 1))
     assert not pipeline.ready
     with pytest.raises(BusyError, match="shutting down"):
-        asyncio.run(pipeline.predict(images(1), float("inf")))
+        asyncio.run(pipeline.answer_arrays(images(1), float("inf")))
 
 
 def test_ray_settings_refuse_a_replica_range_upside_down() -> None:

@@ -361,7 +361,7 @@ def test_the_shipped_model_gives_a_map_for_a_cracked_cell() -> None:
 def test_a_newer_version_taking_over_mid_explanation_is_503(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Pipeline.predict_with_model
+    original = Pipeline.answer_arrays
 
     async def swapping(
         self: Pipeline, arrays: list[np.ndarray], deadline: float, *, served_inputs: bool = True
@@ -370,7 +370,7 @@ def test_a_newer_version_taking_over_mid_explanation_is_503(
         # The copies (not served inputs) are answered by another version, as after a hot reload.
         return answer if served_inputs else Answer(answer.probabilities, replace(answer.model, version="2"))
 
-    monkeypatch.setattr(Pipeline, "predict_with_model", swapping)
+    monkeypatch.setattr(Pipeline, "answer_arrays", swapping)
     response = post_explain(client, gray_png(100))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"

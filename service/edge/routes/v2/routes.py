@@ -228,7 +228,7 @@ async def _infer(
         images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(tensor.images)]
         answer = await pipeline.answer(images, deadline)
     else:
-        answer = await pipeline.predict_with_model(list(tensor.pixels), deadline)  # type: ignore[arg-type]
+        answer = await pipeline.answer_arrays(list(tensor.pixels), deadline)  # type: ignore[arg-type]
     if version is not None and answer.model.version != version:
         # A reload swapped versions while this request waited; the protocol promises the version asked for.
         raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
