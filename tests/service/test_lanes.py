@@ -18,6 +18,7 @@ from service.core.decode_memory import DEFAULT_MAX_PIXELS, DecodeBudget, DecodeB
 from service.core.lanes import Lanes, process
 from service.core.preprocessing import estimate_decode_bytes, open_image
 from tests.service.helpers import gray_png
+from tests.service.test_decode_memory import released
 
 TIMEOUT_S = 30.0
 GiB = 1024**3
@@ -48,14 +49,6 @@ def lanes_of(budget: DecodeBudget, common: ThreadPoolExecutor, large: ThreadPool
              large_image_bytes: int | None = None) -> Lanes:
     threshold = large_image_bytes if large_image_bytes is not None else (estimate(SMALL) + estimate(LARGE)) // 2
     return Lanes(common, large, budget, DEFAULT_MAX_PIXELS, threshold)
-
-
-async def released(budget: DecodeBudget) -> bool:
-    for _ in range(1000):
-        if budget.in_use == 0:
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 def test_the_lanes_split_at_the_estimate_between_a_small_and_a_large_image() -> None:
