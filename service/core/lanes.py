@@ -59,18 +59,26 @@ class _Deferred:
     large: bool
 
 
-def _decode_and_then(
-    image: Image.Image, nbytes: int, budget: DecodeBudget, loop: asyncio.AbstractEventLoop,
-    then: Callable[[np.ndarray], T] | None,
+def _decode(
+    image: Image.Image, then: Callable[[np.ndarray], T] | None, release: Callable[[], None] | None = None
 ) -> Processed[T]:
-    """On a lane thread with nbytes reserved: decode, release the reservation, then run `then`."""
+    """On a lane thread whose reservation is held: decode, `release` it (when the thread owns it), run `then`."""
     try:
         with image:
             array = preprocess_image(image)
     finally:
-        # Released as soon as the decode ends (before any inference), whether or not its caller still waits.
-        budget.release_from_thread(nbytes, loop)
+        if release is not None:
+            release()
     return Processed(array, then(array) if then is not None else None)
+
+
+def _decode_and_then(
+    image: Image.Image, nbytes: int, budget: DecodeBudget, loop: asyncio.AbstractEventLoop,
+    then: Callable[[np.ndarray], T] | None,
+) -> Processed[T]:
+    """With nbytes reserved by this thread: released as soon as the decode ends (before any inference), whether
+    or not its caller still waits."""
+    return _decode(image, then, lambda: budget.release_from_thread(nbytes, loop))
 
 
 def _open(
@@ -129,13 +137,5 @@ async def process(
     except BaseException:
         outcome.image.close()
         raise
-    return await lanes.budget.run_reserved(
-        lane, outcome.nbytes, _decode_reserved, outcome.image, then  # type: ignore[arg-type]
-    )
-
-
-def _decode_reserved(image: Image.Image, then: Callable[[np.ndarray], T] | None) -> Processed[T]:
-    """The decode after the event loop reserved its bytes (run_reserved releases them when the thread ends)."""
-    with image:
-        array = preprocess_image(image)
-    return Processed(array, then(array) if then is not None else None)
+    # Reserved by the event loop: run_reserved releases the bytes when the thread ends.
+    return await lanes.budget.run_reserved(lane, outcome.nbytes, _decode, outcome.image, then)  # type: ignore[arg-type]

@@ -44,6 +44,12 @@ from service.core.versions import ModelRepository, ModelSource
 log = logging.getLogger(__name__)
 
 
+def lane_threads(settings: Settings) -> int:
+    """The common decode lane's threads (DECODE_THREADS, auto = the CPUs), which on the direct path also run the
+    model: the pool, the direct predictor and the shadow's idea of spare capacity all follow it."""
+    return settings.decode_threads or available_cpus()
+
+
 @dataclass(frozen=True)
 class ReloadOutcome:
     previous: str
@@ -99,7 +105,7 @@ class ServedModel:
         classifier = load_classifier(source, settings)
         version = version_name(source, classifier)
         warm_s = classifier.warm_up(serving_batch_sizes(settings.max_batch_size))  # fails when run: ModelLoadError
-        threads = settings.decode_threads or available_cpus()
+        threads = lane_threads(settings)
         choice = request_path.choose(settings, classifier.infer, classifier.predict, threads)
         predictor: Predictor
         if choice.path == "direct":
@@ -173,9 +179,7 @@ class Pipeline:
         repository = ModelRepository(settings.model_dir) if settings.model_dir else None
         model = ServedModel.load(model_source(settings, repository), settings, metrics)
         # Bounded, so many concurrent large uploads cannot each hold a full decoded image at once.
-        decoder = ThreadPoolExecutor(
-            max_workers=settings.decode_threads or available_cpus(), thread_name_prefix="decode"
-        )
+        decoder = ThreadPoolExecutor(max_workers=lane_threads(settings), thread_name_prefix="decode")
         limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory())
         return cls(settings, metrics, model, decoder, limits, repository, LiveQuality.open(settings, metrics))
 
@@ -324,7 +328,7 @@ class Pipeline:
 
     def _spare(self) -> bool:
         """Serving leaves capacity: fewer images in flight than threads to run them."""
-        return self.model.batcher.queued < (self.settings.decode_threads or available_cpus())
+        return self.model.batcher.queued < lane_threads(self.settings)
 
     def _serve(self, candidate: ServedModel, current: ServedModel) -> None:
         """Swaps the checked candidate in; the old version drains what it admitted."""
@@ -388,8 +392,7 @@ class Pipeline:
         try:
             direct.admit(len(images))
         except OverloadedError as exc:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise self.busy(f"overloaded ({exc})") from exc
+            raise self._overloaded(exc) from exc
         try:
             processed = await self._process(images, deadline, direct.run_one)
         finally:
@@ -436,6 +439,11 @@ class Pipeline:
         self.metrics.rejected.labels(type(exc).__name__).inc()
         return type(exc)(f"{image.name_for_errors}: {exc}")
 
+    def _overloaded(self, exc: OverloadedError) -> BusyError:
+        """A request the predictor would not admit (queue or images in flight full, or stopping): counted, 503."""
+        self.metrics.rejected.labels("overloaded").inc()
+        return self.busy(f"overloaded ({exc})")
+
     def _observe(self, arrays: Sequence[np.ndarray], probabilities: Sequence[float]) -> None:
         """Served inputs and answers into the drift metrics."""
         if arrays:
@@ -453,8 +461,7 @@ class Pipeline:
             async with asyncio.timeout_at(deadline):
                 probabilities = await model.batcher.predict_many(arrays)
         except OverloadedError as exc:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise self.busy(f"overloaded ({exc})") from exc
+            raise self._overloaded(exc) from exc
         except TimeoutError as exc:
             raise self.busy("inference did not finish in time") from exc
         except BusyError as exc:  # the predictor's own (a lost Ray replica): its type, the pipeline's wording
