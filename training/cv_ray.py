@@ -29,6 +29,7 @@ import keras
 import ray
 import tensorflow as tf
 
+from service.core.ray_cluster import connect
 from training.crossval import check_same_folds, fold_paths, run_fold
 from training.data import DataError, LabelledImages
 from training.fit import FitSettings, read_history
@@ -68,15 +69,6 @@ def _fold_task(
     if not paths.done.exists():  # an attempt lost after the fold finished has nothing left to do
         run_fold(data, fold, total, settings, root, build_model)
     return node
-
-
-def connect(address: str | None) -> bool:
-    """Joins the cluster at `address` (None: RAY_ADDRESS, the one started on this machine, else a new local one);
-    True when this call started the connection (and so ends it)."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, logging_level="warning")
-    return True
 
 
 def run_folds_on_ray(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.failures import OverloadedError
+from service.core.predictor import Admission
 
 log = logging.getLogger(__name__)
 
@@ -52,38 +53,42 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
-        self._accepting = False
+        # Bounded by the queue below, not here: images admitted while they decode are not queued yet.
+        self.admission = Admission()
+        self._stopping = False
         # Touched on the event loop only: whether a batch or a lone request is on the inference thread.
         self._batch_running = False
         self._lone_running = False
 
     @property
-    def accepting(self) -> bool:
-        """True between start() and stop(): the one readiness flag of the service."""
-        return self._accepting
-
-    @property
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def on_decode_thread(self) -> None:
+        """Nothing runs on the decoding thread: decoded images are batched here."""
+        return None
+
     def start(self) -> None:
+        self._stopping = False
         self._worker = asyncio.create_task(self._run(), name="micro-batcher")
-        self._accepting = True
+        self.admission.open()
 
     async def stop(self) -> None:
-        """Finishes everything already queued (and a lone request running), then stops the worker."""
+        """Refuses new work, answers every admitted image (queued, running, or still decoding), then stops the
+        worker."""
+        self.admission.close()
         if self._worker is None:
             return
-        self._accepting = False
+        await self.admission.drained()
+        self._stopping = True
         self._wake.set()
         await self._worker
         self._worker = None
         self._executor.shutdown(wait=True)
 
-    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]:
-        """All images of a request are admitted together or refused together."""
-        if not self._accepting:
-            raise OverloadedError("the service is shutting down")
+    async def predict(self, images: Sequence[np.ndarray]) -> list[float]:
+        """Admitted images; refused with OverloadedError when they do not fit the queue."""
         if self._idle() and len(images) <= self._max_batch_size:
             return await self._run_lone(images)
         free = self._max_queue - len(self._queue)
@@ -135,7 +140,7 @@ class MicroBatcher:
         while True:
             # Items stay queued (and counted) while a lone request holds the model.
             while not self._queue or self._lone_running:
-                if not self._accepting and not self._queue and not self._lone_running:
+                if self._stopping and not self._queue and not self._lone_running:
                     return
                 self._wake.clear()
                 await self._wake.wait()

@@ -2,9 +2,9 @@
 
 Used where batches do not pay for the served engine (`service.core.request_path` measures it at load). The
 thread that decoded an image runs it through the engine's thread-safe `infer` (for OpenVINO, an infer request of
-that thread's own), so a request crosses from the event loop to a thread and back once per image. What the
-batcher gave the service stays: a bounded number of images admitted at once (beyond it OverloadedError, a 503),
-an accepting flag for readiness, and a drain on stop so a version being replaced answers what it admitted.
+that thread's own), so a request crosses from the event loop to a thread and back once per image. Admission
+(`service.core.predictor`) bounds the images in flight (beyond it OverloadedError, a 503), gives readiness its
+flag, and lets stop drain, so a version being replaced answers what it admitted.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.core.failures import OverloadedError
+from service.core.predictor import Admission
 
 
 class DirectPredictor:
-    """Admission and per-image inference for the direct path; `run_one` is called on the pipeline's lanes.
-
-    `predict_many` serves arrays the service already holds (/explain's occluded copies, /v2 tensors): they run
-    on this predictor's own threads, within the same admission bound."""
+    """Per-image inference for the direct path: `on_decode_thread` runs on the pipeline's lanes; `predict` serves
+    arrays the service already holds (/explain's occluded copies, /v2 tensors) on this predictor's own threads.
+    Both within the same admission bound (`service.core.predictor.Admission`)."""
 
     def __init__(
         self,
@@ -36,62 +35,42 @@ class DirectPredictor:
         self._predict = infer
         # A lone image (nothing else admitted) runs here: for OpenVINO the LATENCY compilation, every core on it.
         self._lone = lone or infer
-        self._max_in_flight = max_in_flight
         self._threads = threads
         self._on_batch = on_batch
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._accepting = False
+        self.admission = Admission(max_in_flight)
         self._executor: ThreadPoolExecutor | None = None
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
 
     @property
     def queued(self) -> int:
         """Images admitted and not yet answered."""
-        return self._in_flight
+        return self.admission.in_flight
+
+    @property
+    def on_decode_thread(self) -> Callable[[np.ndarray], float]:
+        return self.run_one
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="infer")
-        self._accepting = True
+        self.admission.open()
 
     async def stop(self) -> None:
         """Refuses new work, then waits until every admitted image is answered."""
-        self._accepting = False
-        await self._idle.wait()
+        self.admission.close()
+        await self.admission.drained()
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._executor = None
 
-    def admit(self, images: int) -> None:
-        """On the event loop: all images of a request are admitted together or refused together; each admit is
-        followed by one release of the same count when the request ends."""
-        if not self._accepting:
-            raise OverloadedError("the service is shutting down")
-        if self._in_flight + images > self._max_in_flight:
-            raise OverloadedError(f"{self._in_flight} images are in flight")
-        self._in_flight += images
-        self._idle.clear()
-
-    def release(self, images: int) -> None:
-        self._in_flight -= images
-        if self._in_flight == 0:
-            self._idle.set()
-
     def run_one(self, x: np.ndarray) -> float:
         """On a worker thread: one preprocessed (100, 100, 1) image -> its probability. Only a lone image takes
         the lone call: under load, each image runs on its own thread's share of the engine."""
-        run = self._lone if self._in_flight == 1 else self._predict
+        run = self._lone if self.admission.in_flight == 1 else self._predict
         (probability,) = run(x[np.newaxis])
         if self._on_batch is not None:
             self._on_batch(1)
         return float(probability)
 
-    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]:
-        self.admit(len(images))
+    async def predict(self, images: Sequence[np.ndarray]) -> list[float]:
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(self._executor, self.run_one, x) for x in images]
         try:
@@ -100,5 +79,3 @@ class DirectPredictor:
             for job in jobs:
                 job.cancel()
             raise
-        finally:
-            self.release(len(images))

@@ -19,7 +19,8 @@ from service.core.labels import is_positive, label_for
 from service.core.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
-    from service.core.pipeline import Pipeline, ServedModel
+    from service.core.pipeline import Pipeline
+    from service.core.served import ServedModel
 
 DEFAULT_PATCH: Final = 20
 DEFAULT_STRIDE: Final = 10
@@ -169,9 +170,9 @@ def explain_with(
 async def explain(
     pipeline: Pipeline, image: np.ndarray, grid: OcclusionGrid, deadline: float
 ) -> tuple[Explanation, ServedModel]:
-    """In the service: every copy goes through the pipeline's micro-batcher, a small chunk at a time.
+    """In the service: every copy goes through the served version's predictor, a small chunk at a time.
 
-    The batcher is first-come first-served, so chunks of EXPLAIN_CHUNK_IMAGES (at most MAX_BATCH_SIZE),
+    The predictor is first-come first-served, so chunks of EXPLAIN_CHUNK_IMAGES (at most MAX_BATCH_SIZE),
     each submitted only after the previous one is answered, mean a /predict request arriving meanwhile
     waits behind at most one chunk per explanation in flight, and an explanation never holds more than
     one chunk of queue slots (it cannot fill the queue and make /predict answer 503 by itself).

@@ -24,10 +24,18 @@ from typing import Generic, TypeVar
 import numpy as np
 from PIL import Image
 
+from service.core.config import Settings
+from service.core.cpu import available_cpus
 from service.core.decode_memory import DecodeBudget
 from service.core.preprocessing import estimate_decode_bytes, open_image, preprocess_image
 
 T = TypeVar("T")
+
+
+def lane_threads(settings: Settings) -> int:
+    """The common decode lane's threads (DECODE_THREADS, auto = the CPUs), which on the direct path also run the
+    model: the pool, the direct predictor and the shadow's idea of spare capacity all follow it."""
+    return settings.decode_threads or available_cpus()
 
 
 @dataclass(frozen=True)

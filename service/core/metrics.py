@@ -77,7 +77,7 @@ class Metrics:
             "input_drift_window_images", "Served images the drift metrics currently cover", registry=self.registry
         )
 
-        # Explanations (POST /explain): their occluded copies also pass through the batcher, so they are in
+        # Explanations (POST /explain): their occluded copies also pass through the predictor, so they are in
         # images_predicted_total and inference_batch_size too; these series tell them apart.
         self.explanations = Counter(
             "explanations_total", "Occlusion maps computed", registry=self.registry

@@ -47,18 +47,37 @@ def _read(path: Path) -> bytes:
         raise ModelLoadError(f"model file {path} is not readable: {exc.strerror}") from exc
 
 
-def check_recorded_hashes(card: ModelCard, card_path: Path, model_path: Path) -> None:
+class FileReads:
+    """The files one load reads, each opened once: the bytes hashed against the card are the bytes the engine
+    loads (a file replaced between a check and a second read would otherwise be served unchecked)."""
+
+    def __init__(self) -> None:
+        self._read: dict[Path, bytes] = {}
+        self._hashes: dict[Path, str] = {}
+
+    def bytes(self, path: Path) -> bytes:
+        if path not in self._read:
+            self._read[path] = _read(path)
+        return self._read[path]
+
+    def sha256(self, path: Path) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = _sha256(self.bytes(path))
+        return self._hashes[path]
+
+
+def check_recorded_hashes(
+    card: ModelCard, card_path: Path, model_path: Path, files: FileReads | None = None
+) -> None:
     """Every sha256 the card records (its own file's and each variant's) matches that file, whichever file
     will serve: a card that contradicts any of its files describes another export. A variant whose file is
     absent is left to the selection, which passes it over."""
+    files = files or FileReads()
     recorded = [(model_path, card.sha256)] + [(model_path.parent / v.file, v.sha256) for v in card.variants or []]
-    actual: dict[Path, str] = {}
     for path, expected in recorded:
         if expected is None or not path.is_file():
             continue
-        if path not in actual:
-            actual[path] = _sha256(_read(path))
-        if actual[path] != expected.lower():
+        if files.sha256(path) != expected.lower():
             raise ModelLoadError(
                 f"model file {path} does not match its metadata {card_path} (sha256 differs): the card and "
                 "its files come from different exports; copy the model's folder as training wrote it"
@@ -109,12 +128,13 @@ class Classifier:
             log.info("FLIP_AVERAGED: serving %s, the mean over four flips (4x the compute of %s)",
                      averaged, model_path.name)  # fmt: skip
             return cls.load(averaged, settings, engine=engine, precision=precision, cpu=cpu, threads=threads)
-        check_recorded_hashes(metadata, metadata_path, model_path)
+        files = FileReads()
+        check_recorded_hashes(metadata, metadata_path, model_path, files)
         declared = metadata.input.shape or [None, *INPUT_SHAPE]
         cpu = cpu or detect()
         choice = choose(engine, precision, model_path, metadata, cpu, installed_engines())
         try:
-            runner, model_id = cls._open(choice, metadata_path, settings, threads)
+            runner, model_id = cls._open(choice, metadata_path, settings, threads, files)
         except EngineUnavailableError as exc:
             if engine != "auto" or choice.engine == ORT_NAME:
                 raise
@@ -125,22 +145,22 @@ class Classifier:
             except ModelLoadError:
                 raise exc from None
             log.warning("%s; serving it on onnxruntime instead (ENGINE=openvino makes this an error)", exc)
-            runner, model_id = cls._open(choice, metadata_path, settings, threads)
+            runner, model_id = cls._open(choice, metadata_path, settings, threads, files)
         if tuple(declared[1:]) != INPUT_SHAPE:
             raise ModelLoadError(f"metadata {metadata_path} declares input {metadata.input}, not (N, 100, 100, 1)")
         return cls(runner, metadata, model_id, choice)
 
     @staticmethod
     def _open(
-        choice: Choice, metadata_path: Path, settings: SessionSettings, threads: int | None = None
+        choice: Choice, metadata_path: Path, settings: SessionSettings, threads: int | None, files: FileReads
     ) -> tuple[Engine, str]:
         """The chosen file read, checked against its recorded sha256 and loaded on the chosen engine."""
         for note in choice.notes:
             log.info("%s", note)
         for warning in choice.warnings:
             log.warning("%s", warning)
-        data = _read(choice.model_path)
-        model_id = _sha256(data)
+        data = files.bytes(choice.model_path)
+        model_id = files.sha256(choice.model_path)
         if choice.sha256 and choice.sha256.lower() != model_id:
             raise ModelLoadError(
                 f"model file {choice.model_path} does not match its metadata {metadata_path} (sha256 differs)"

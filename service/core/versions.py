@@ -87,11 +87,3 @@ class ModelRepository:
             )
         version, path = found[-1]
         return ModelSource(path, str(version), fingerprint(path.parent))
-
-
-def versions_in(model_dir: Path) -> list[tuple[int, Path]]:
-    return ModelRepository(model_dir).versions()
-
-
-def latest_source(model_dir: Path) -> ModelSource:
-    return ModelRepository(model_dir).latest()

@@ -62,7 +62,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
             ", flip-averaged: 4 flips per image" if card.flip_averaged else "",
             time.perf_counter() - start, warm_s,
             served["engine"], served["precision"], served["threads"], card.positive, serving.threshold(),
-            serving.request_path(), serving.limits.as_dict(),
+            serving.model.describe_path(), serving.limits.as_dict(),
         )
         if settings.host in EVERY_INTERFACE and settings.api_key is None:
             log.warning(

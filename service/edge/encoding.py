@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.core.labels import label_for, scores_for
-from service.core.pipeline import ServedModel
+from service.core.served import ServedModel
 from service.edge.schemas import ModelRef, Prediction, PredictResponse
 
 # On every answer that comes from (or vouches for) a model: which version it was, without parsing the body.

@@ -1,8 +1,8 @@
 """`predict PATH... --out results.csv`: classify files, folders (recursively) and globs without a server.
 
-The images go through the same pipeline as an HTTP request (decode pool, preprocessing, pixel limit,
-micro-batcher, model), so an offline run answers exactly what /predict would. A file that cannot be read
-or decoded gets a row with the reason and the run goes on; the exit status is 1 only when no file at all
+The images go through the same pipeline as an HTTP request (admission, decode lanes, preprocessing, pixel
+limit, the served version's predictor), so an offline run answers exactly what /predict would. A file that cannot be
+read or decoded gets a row with the reason and the run goes on; the exit status is 1 only when no file at all
 could be classified. With `--ray [ADDRESS]` the same rows are scored on a Ray cluster
 (`service.entrypoints.predict_ray`, imported only then: Ray is an optional extra).
 """
@@ -12,63 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import glob
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from service.core.config import Settings
-from service.core.failures import ServiceError
-from service.core.labels import label_for
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
-from service.core.pipeline import EncodedImage, Pipeline
-from service.core.preprocessing import ImageError
-
-COLUMNS = ("path", "probability", "label", "model_version", "error")
-GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class Row:
-    path: str
-    probability: float | None = None
-    label: str | None = None
-    model_version: str | None = None
-    error: str | None = None
-
-    def as_csv(self) -> list[str]:
-        probability = "" if self.probability is None else f"{self.probability:.6f}"
-        return [self.path, probability, self.label or "", self.model_version or "", self.error or ""]
-
-
-def expand(arguments: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
-    """Each file to classify, or a path with the reason it cannot be: folders recursively, globs expanded."""
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            yield from ((file, None) for file in sorted(path.rglob("*")) if file.is_file())
-        elif path.exists():
-            yield path, None
-        elif GLOB_CHARS & set(argument):
-            matches = sorted(Path(match) for match in glob.glob(argument, recursive=True))
-            files = [match for match in matches if match.is_file()]
-            if not files:
-                yield path, "the pattern matches no file"
-            yield from ((file, None) for file in files)
-        else:
-            yield path, "no such file or folder"
-
-
-def too_large(max_file_bytes: int) -> str:
-    return f"the file is larger than the {max_file_bytes}-byte limit"
-
-
-def cannot_read(exc: OSError) -> str:
-    return f"cannot read the file: {exc.strerror}"
+from service.core.pipeline import Pipeline
+from service.entrypoints.predict_rows import COLUMNS, Row, cannot_read, classify_bytes, expand, too_large
 
 
 async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None) -> Row:
@@ -82,21 +36,10 @@ async def _classify_one(pipeline: Pipeline, path: Path, threshold: float | None)
     return await classify_bytes(pipeline, str(path), path.name, data, threshold)
 
 
-async def classify_bytes(pipeline: Pipeline, shown: str, name: str, data: bytes, threshold: float | None) -> Row:
-    """One file's bytes -> its row (`shown` is the path as the row names it, `name` the file name)."""
-    try:
-        answer = await pipeline.answer([EncodedImage(name, data)], pipeline.deadline())
-    except (ImageError, ServiceError) as exc:
-        return Row(shown, error=str(exc))
-    (probability,) = answer.probabilities
-    label = label_for(probability, pipeline.threshold(threshold), answer.model.classifier.metadata.class_names)
-    return Row(shown, probability, label, answer.model.version)
-
-
 async def classify_paths(
     pipeline: Pipeline, found: Sequence[tuple[Path, str | None]], threshold: float | None, progress: tqdm
 ) -> list[Row]:
-    """Rows in input order; files go in groups that fill the batcher without overflowing its queue."""
+    """Rows in input order; files go in groups that fill the predictor without overflowing its admission."""
     group = max(1, min(pipeline.settings.max_queue_images, 4 * pipeline.settings.max_batch_size))
     rows: list[Row] = []
     for start in range(0, len(found), group):

@@ -2,7 +2,7 @@
 
 Ray Data carries the files' paths to an actor pool sized to the cluster (`map_batches`); each actor holds the
 service's own assembly (`ServedModel.load` from the Settings: the same card, engine and precision choice, the
-micro-batcher), reads its files, decodes them with the one preprocessing within its share of the node's decode
+predictor), reads its files, decodes them with the one preprocessing within its share of the node's decode
 memory budget, and answers each file as `predict_cli` does (`classify_bytes`). Rows stream back in input order
 to this process, which writes one CSV (the CLI's columns and formatting) or one Parquet file and moves the
 progress bar.
@@ -24,7 +24,6 @@ import fnmatch
 import math
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,13 +32,15 @@ import ray
 from pyarrow import fs as pafs
 from tqdm import tqdm
 
+from service.core.assembly import model_source
 from service.core.config import Settings
-from service.core.decode_memory import decode_limits
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
-from service.core.pipeline import Pipeline, ServedModel, model_source
-from service.entrypoints.predict_cli import (
+from service.core.pipeline import Pipeline
+from service.core.ray_cluster import connect
+from service.core.served import ServedModel
+from service.entrypoints.predict_rows import (
     COLUMNS,
     GLOB_CHARS,
     Row,
@@ -130,6 +131,8 @@ def actor_settings(settings: Settings, cpus: float) -> Settings:
         **settings.model_dump(),
         "ort_intra_op_threads": settings.ort_intra_op_threads or threads,
         "decode_threads": settings.decode_threads or threads,
+        # Offline scores are rows in --out, not live answers awaiting a verdict: no actor keeps a log of its own.
+        "prediction_log": False,
     })  # fmt: skip
 
 
@@ -141,14 +144,9 @@ class Scorer:
         memory = available_memory()
         # This actor's share of its node: the decode budget follows it, as the service's follows its container.
         share = None if memory is None else int(memory * min(1.0, cpus / _node_cpus()))
-        limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, share)
         self.threshold = threshold
         self.loop = asyncio.new_event_loop()
-        metrics = Metrics()
-        self.pipeline = Pipeline(
-            settings, metrics, ServedModel.load(model_source(settings), settings, metrics),
-            ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode"), limits,
-        )
+        self.pipeline = Pipeline.load(settings, Metrics(), memory=share)
         self.pipeline.warm_up()
         self.loop.run_until_complete(self.pipeline.start())
         # One filesystem per scheme://authority (an S3 one resolves its bucket's region when made).
@@ -207,15 +205,6 @@ def _load_error(settings: Settings) -> str | None:
     return None
 
 
-def connect(address: str | None) -> bool:
-    """Joins the cluster at `address` (None: RAY_ADDRESS, the one started on this machine, else a new local one);
-    True when this call started the connection (and so ends it)."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, logging_level="warning")
-    return True
-
-
 def score(settings: Settings, items: list[dict[str, str]], threshold: float | None) -> Iterator[pa.Table]:
     """Tables of rows in input order, as the actors answer them."""
     context = ray.data.DataContext.get_current()
@@ -223,7 +212,7 @@ def score(settings: Settings, items: list[dict[str, str]], threshold: float | No
     # The one progress bar is this process's, as without --ray.
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    # A group fills the batcher without overflowing its queue, as the CLI's does.
+    # A group fills the predictor without overflowing its admission, as the CLI's does.
     group = max(1, min(settings.max_queue_images, 4 * settings.max_batch_size))
     actors = max(1, min(int(ray.cluster_resources().get("CPU", 1) // ACTOR_CPUS), math.ceil(len(items) / group)))
     dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / group))

@@ -30,13 +30,13 @@ from starlette.types import Receive, Scope, Send
 
 from service.core.assembly import load_classifier, model_source, version_name
 from service.core.config import Settings
-from service.core.decode_memory import decode_limits
 from service.core.failures import BusyError, OverloadedError
-from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import serving_batch_sizes
 from service.core.model_card import ModelCard
-from service.core.pipeline import Pipeline, ServedModel
+from service.core.pipeline import Pipeline
+from service.core.predictor import Admission
+from service.core.served import ServedModel
 from service.edge.app import create_app
 
 
@@ -158,9 +158,9 @@ class RemoteClassifier:
 
 
 class RemoteModel:
-    """The ingress pipeline's predict step (`service.core.pipeline.Predictor`): the Model deployment.
+    """The ingress pipeline's predictor (`service.core.predictor.Predictor`): the Model deployment.
 
-    Admission is Ray's: a handle queues at most `max_queued_requests` calls and refuses more with
+    Admission bounds nothing here: a handle queues at most `max_queued_requests` calls and refuses more with
     BackPressureError, answered as the single-process queue limit is (503 + Retry-After)."""
 
     def __init__(
@@ -169,30 +169,30 @@ class RemoteModel:
         self._handle = handle
         # images_predicted_total; batch sizes are the Model replicas' (Ray's serve_actual_batch_size).
         self._on_predicted = on_predicted
-        self._in_flight = 0
-        self._accepting = False
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
+        self._sent = 0
+        self.admission = Admission()
 
     @property
     def queued(self) -> int:
         """Images this ingress replica has sent and not yet got back."""
-        return self._in_flight
+        return self._sent
+
+    @property
+    def on_decode_thread(self) -> None:
+        """Decoded images are sent to the Model deployment, not run here."""
+        return None
 
     def start(self) -> None:
-        self._accepting = True
+        self.admission.open()
 
     async def stop(self) -> None:
-        # In-flight calls belong to their requests, which the ASGI server drains before the lifespan ends.
-        self._accepting = False
+        """Refuses new work; requests already admitted are answered (the ASGI server drains them first)."""
+        self.admission.close()
+        await self.admission.drained()
 
-    async def predict_many(self, images: Sequence[np.ndarray]) -> list[float]:
-        if not self._accepting:
-            raise OverloadedError("the service is shutting down")
+    async def predict(self, images: Sequence[np.ndarray]) -> list[float]:
         responses = [self._handle.predict.remote(x) for x in images]
-        self._in_flight += len(responses)
+        self._sent += len(responses)
         try:
             probabilities = list(await asyncio.gather(*responses))
         except BackPressureError as exc:
@@ -205,7 +205,7 @@ class RemoteModel:
                 response.cancel()
             raise
         finally:
-            self._in_flight -= len(responses)
+            self._sent -= len(responses)
         if self._on_predicted is not None:
             self._on_predicted(len(probabilities))
         return probabilities
@@ -218,8 +218,9 @@ class Ingress:
 
     async def __init__(self, settings: Settings, model: DeploymentHandle, decode_threads: int) -> None:
         metadata, model_id, description, version = await model.card.remote()
-        # The ingress loads no model, so it has nothing to reload: /admin/reload answers 409 here.
-        settings = settings.model_copy(update={"model_dir": None})
+        # The ingress loads no model, so it has nothing to reload: /admin/reload answers 409 here. Nor does it log
+        # predictions: each replica would keep a SQLite file of its own (docs/ray.md).
+        settings = settings.model_copy(update={"model_dir": None, "prediction_log": False})
         self._settings = settings
         metrics = Metrics()
         served = ServedModel(
@@ -227,13 +228,7 @@ class Ingress:
             version,
             RemoteModel(model, metrics.images.inc),
         )
-        self.pipeline = Pipeline(
-            settings,
-            metrics,
-            served,
-            ThreadPoolExecutor(max_workers=settings.decode_threads or decode_threads, thread_name_prefix="decode"),
-            decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, available_memory()),
-        )
+        self.pipeline = Pipeline.load(settings, metrics, model=served, decode_threads=decode_threads)
 
     def __serve_build_asgi_app__(self) -> LifespanState:
         # Ray runs the app's lifespan (start, then stop on shutdown), as uvicorn does for `python -m service`.

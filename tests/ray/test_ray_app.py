@@ -22,7 +22,8 @@ from ray.serve.exceptions import BackPressureError
 
 from service.core.decode_memory import decode_limits
 from service.core.model import Classifier
-from service.core.pipeline import Pipeline, ServedModel
+from service.core.pipeline import Pipeline
+from service.core.served import ServedModel
 from service.entrypoints.ray_app import RaySettings, RemoteClassifier, RemoteModel, ReplicaLostError
 
 

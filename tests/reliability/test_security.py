@@ -161,7 +161,7 @@ def test_an_unexpected_error_during_inference_is_a_generic_500(
 
     # The batcher holds the classifier's predict from start-up; replace it there.
     pipeline = client.app_state["pipeline"]
-    monkeypatch.setattr(pipeline.batcher, "_predict", broken)
+    monkeypatch.setattr(pipeline.predictor, "_predict", broken)
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/opt/ort", "MemoryError")
     # One failed batch does not break the service.

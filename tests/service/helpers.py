@@ -126,7 +126,7 @@ def refused_while_the_queue_is_full(
         gate.wait_entered()
         files = [("files", ("b.png", gray_png(20), "image/png"))] * queued_images
         queued = pool.submit(client.post, "/predict", files=files)
-        wait_until(lambda: pipeline_of(client).batcher.queued == queued_images)
+        wait_until(lambda: pipeline_of(client).predictor.queued == queued_images)
         refused = attempt()
         gate.open()
         assert running.result(WAIT_S).status_code == 200

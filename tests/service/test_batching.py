@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.core.batching import MicroBatcher
 from service.core.failures import OverloadedError
+from service.core.predictor import predict_admitted
 from tests.service.helpers import (
     InferenceGate,
     expected_probability,
@@ -57,7 +58,7 @@ async def until(condition: Callable[[], bool]) -> None:
 async def held_first_call(batcher: MicroBatcher, model: RecordingModel) -> asyncio.Task[list[float]]:
     """Starts one call and returns once the model is holding it, so later calls queue up."""
     model.gate.close()
-    task = asyncio.create_task(batcher.predict_many([image(0)]))
+    task = asyncio.create_task(predict_admitted(batcher, [image(0)]))
     await asyncio.to_thread(model.gate.wait_entered)
     return task
 
@@ -68,7 +69,7 @@ def test_microbatcher_answers_each_caller_with_its_own_results_in_order() -> Non
         batcher = MicroBatcher(model, max_batch_size=4, max_wait_s=0.02, max_queue=64)
         batcher.start()
         requests = [[image(i), image(i + 0.5)] for i in range(6)] + [[image(i + 100)] for i in range(6)]
-        answers = await asyncio.gather(*(batcher.predict_many(r) for r in requests))
+        answers = await asyncio.gather(*(predict_admitted(batcher, r) for r in requests))
         await batcher.stop()
         assert answers == [[float(x[0, 0, 0]) * 10 for x in r] for r in requests]
         assert max(len(batch) for batch in model.batches) == 4
@@ -84,7 +85,7 @@ def test_microbatcher_batches_what_queued_while_a_batch_ran_up_to_max_batch_size
         batcher = MicroBatcher(model, max_batch_size=2, max_wait_s=0, max_queue=64, on_batch=sizes.append)
         batcher.start()
         first = await held_first_call(batcher, model)
-        rest = [asyncio.create_task(batcher.predict_many([image(i)])) for i in (1, 2, 3, 4, 5)]
+        rest = [asyncio.create_task(predict_admitted(batcher, [image(i)])) for i in (1, 2, 3, 4, 5)]
         await until(lambda: batcher.queued == 5)
         model.gate.open()
         assert await first == [0.0]
@@ -104,7 +105,8 @@ def test_microbatcher_hands_a_model_error_to_every_caller_of_the_batch() -> None
         sizes: list[int] = []
         batcher = MicroBatcher(broken, max_batch_size=8, max_wait_s=0.02, max_queue=64, on_batch=sizes.append)
         batcher.start()
-        results = await asyncio.gather(*(batcher.predict_many([image(i)]) for i in range(3)), return_exceptions=True)
+        calls = (predict_admitted(batcher, [image(i)]) for i in range(3))
+        results = await asyncio.gather(*calls, return_exceptions=True)
         assert len(results) == 3
         for result in results:
             assert isinstance(result, RuntimeError)
@@ -129,8 +131,8 @@ def test_microbatcher_keeps_working_after_a_failed_batch() -> None:
         batcher = MicroBatcher(flaky, max_batch_size=8, max_wait_s=0, max_queue=64)
         batcher.start()
         with pytest.raises(RuntimeError, match="first batch fails"):
-            await batcher.predict_many([image(1)])
-        assert await batcher.predict_many([image(2)]) == [2.0]
+            await predict_admitted(batcher, [image(1)])
+        assert await predict_admitted(batcher, [image(2)]) == [2.0]
         await batcher.stop()
 
     run(scenario())
@@ -142,16 +144,16 @@ def test_microbatcher_refuses_requests_that_do_not_fit_the_queue() -> None:
         batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, max_queue=3)
         batcher.start()
         first = await held_first_call(batcher, model)
-        queued = asyncio.create_task(batcher.predict_many([image(1), image(2)]))
+        queued = asyncio.create_task(predict_admitted(batcher, [image(1), image(2)]))
         await until(lambda: batcher.queued == 2)
         # All images of a request are admitted together or refused together.
         with pytest.raises(OverloadedError, match="2 images are queued"):
-            await batcher.predict_many([image(3), image(4)])
+            await predict_admitted(batcher, [image(3), image(4)])
         assert batcher.queued == 2
-        last = asyncio.create_task(batcher.predict_many([image(5)]))
+        last = asyncio.create_task(predict_admitted(batcher, [image(5)]))
         await until(lambda: batcher.queued == 3)
         with pytest.raises(OverloadedError, match="3 images are queued"):
-            await batcher.predict_many([image(6)])
+            await predict_admitted(batcher, [image(6)])
         model.gate.open()
         assert (await first, await queued, await last) == ([0.0], [10.0, 20.0], [50.0])
         await batcher.stop()
@@ -165,13 +167,13 @@ def test_microbatcher_stop_answers_everything_already_queued_then_refuses() -> N
         batcher = MicroBatcher(model, max_batch_size=2, max_wait_s=0, max_queue=64)
         batcher.start()
         first = await held_first_call(batcher, model)
-        queued = [asyncio.create_task(batcher.predict_many([image(i)])) for i in (1, 2, 3)]
+        queued = [asyncio.create_task(predict_admitted(batcher, [image(i)])) for i in (1, 2, 3)]
         await until(lambda: batcher.queued == 3)
         stopping = asyncio.create_task(batcher.stop())
         await asyncio.sleep(0.01)
         assert not stopping.done()
         with pytest.raises(OverloadedError, match="shutting down"):
-            await batcher.predict_many([image(9)])
+            await predict_admitted(batcher, [image(9)])
         model.gate.open()
         await stopping
         assert await first == [0.0]
@@ -186,7 +188,7 @@ def test_microbatcher_stop_before_start_is_harmless() -> None:
         batcher = MicroBatcher(RecordingModel(), max_batch_size=2, max_wait_s=0, max_queue=4)
         await batcher.stop()
         with pytest.raises(OverloadedError, match="shutting down"):
-            await batcher.predict_many([image(1)])
+            await predict_admitted(batcher, [image(1)])
 
     run(scenario())
 
@@ -197,8 +199,8 @@ def test_microbatcher_skips_callers_cancelled_while_queued() -> None:
         batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, max_queue=64)
         batcher.start()
         first = await held_first_call(batcher, model)
-        gone = asyncio.create_task(batcher.predict_many([image(1), image(2)]))
-        kept = asyncio.create_task(batcher.predict_many([image(3)]))
+        gone = asyncio.create_task(predict_admitted(batcher, [image(1), image(2)]))
+        kept = asyncio.create_task(predict_admitted(batcher, [image(3)]))
         await until(lambda: batcher.queued == 3)
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -218,7 +220,7 @@ def test_microbatcher_does_not_run_a_batch_whose_callers_all_left() -> None:
         batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, max_queue=64)
         batcher.start()
         first = await held_first_call(batcher, model)
-        gone = asyncio.create_task(batcher.predict_many([image(7)]))
+        gone = asyncio.create_task(predict_admitted(batcher, [image(7)]))
         await until(lambda: batcher.queued == 1)
         gone.cancel()
         model.gate.open()
@@ -266,7 +268,7 @@ def test_requests_queued_behind_a_running_batch_are_batched_together(
         first = pool.submit(post_png, client, images[0])
         gate.wait_entered()
         rest = [pool.submit(post_png, client, data) for data in images[1:]]
-        wait_until(lambda: pipeline_of(client).batcher.queued == len(rest))
+        wait_until(lambda: pipeline_of(client).predictor.queued == len(rest))
         gate.open()
         responses = [first.result(TIMEOUT_S)] + [future.result(TIMEOUT_S) for future in rest]
     got = [response.json()["predictions"][0]["probability"] for response in responses]
@@ -307,7 +309,7 @@ def test_predict_answers_503_when_inference_outlasts_the_request_timeout(
     # (Not over HTTP: on a busy machine a fresh request could miss the 0.5 s deadline too.)
     pipeline = pipeline_of(client)
     assert client.portal is not None
-    assert client.portal.call(pipeline.batcher.predict_many, [np.zeros((100, 100, 1), np.float32)]) == [
+    assert client.portal.call(predict_admitted, pipeline.predictor, [np.zeros((100, 100, 1), np.float32)]) == [
         pytest.approx(expected_probability(gray_png(0)), abs=1e-6)
     ]
     # The held batch finished for nobody; the image that timed out in the queue was skipped, not run.
@@ -322,11 +324,11 @@ def test_microbatcher_runs_a_lone_request_at_once_without_queueing_it() -> None:
         batcher = MicroBatcher(model, max_batch_size=2, max_wait_s=0, max_queue=64, on_batch=sizes.append)
         batcher.start()
         model.gate.close()
-        lone = asyncio.create_task(batcher.predict_many([image(1), image(2)]))
+        lone = asyncio.create_task(predict_admitted(batcher, [image(1), image(2)]))
         await asyncio.to_thread(model.gate.wait_entered)
         assert batcher.queued == 0
         # Too many images for one batch: queued and split, even when idle.
-        queued = asyncio.create_task(batcher.predict_many([image(3), image(4), image(5)]))
+        queued = asyncio.create_task(predict_admitted(batcher, [image(3), image(4), image(5)]))
         await until(lambda: batcher.queued == 3)
         model.gate.open()
         assert (await lone, await queued) == ([10.0, 20.0], [30.0, 40.0, 50.0])
@@ -360,7 +362,7 @@ def test_microbatcher_waits_for_a_lone_run_whose_caller_left_before_the_next_bat
         with pytest.raises(asyncio.CancelledError):
             await first
         # The model is still held: a new request queues instead of taking the lone path.
-        second = asyncio.create_task(batcher.predict_many([image(1)]))
+        second = asyncio.create_task(predict_admitted(batcher, [image(1)]))
         await until(lambda: batcher.queued == 1)
         model.gate.open()
         assert await second == [10.0]

@@ -17,6 +17,7 @@ from service.core import lanes as lanes_module
 from service.core.direct import DirectPredictor
 from service.core.failures import OverloadedError
 from service.core.model import Classifier
+from service.core.predictor import predict_admitted
 from tests.service.helpers import (
     WAIT_S,
     InferenceGate,
@@ -41,7 +42,7 @@ def test_the_direct_predictor_answers_each_image_in_order_on_its_own_threads() -
         predictor = DirectPredictor(double, max_in_flight=8, threads=2)
         predictor.start()
         try:
-            return await predictor.predict_many([np.full((100, 100, 1), v, np.float32) for v in (1, 2, 3)])
+            return await predict_admitted(predictor, [np.full((100, 100, 1), v, np.float32) for v in (1, 2, 3)])
         finally:
             await predictor.stop()
 
@@ -61,8 +62,8 @@ def test_a_lone_image_takes_the_lone_call_and_images_under_load_the_concurrent_o
     async def scenario() -> None:
         predictor = DirectPredictor(named("infer"), lone=named("lone"), max_in_flight=8, threads=2)
         predictor.start()
-        await predictor.predict_many([np.ones((100, 100, 1), np.float32)])
-        await predictor.predict_many([np.ones((100, 100, 1), np.float32)] * 3)
+        await predict_admitted(predictor, [np.ones((100, 100, 1), np.float32)])
+        await predict_admitted(predictor, [np.ones((100, 100, 1), np.float32)] * 3)
         await predictor.stop()
 
     asyncio.run(scenario())
@@ -73,12 +74,12 @@ def test_the_direct_predictor_admits_a_request_whole_or_refuses_it() -> None:
     async def scenario() -> int:
         predictor = DirectPredictor(double, max_in_flight=3, threads=1)
         predictor.start()
-        predictor.admit(2)
+        predictor.admission.admit(2)
         with pytest.raises(OverloadedError, match="2 images are in flight"):
-            predictor.admit(2)
-        predictor.admit(1)
+            predictor.admission.admit(2)
+        predictor.admission.admit(1)
         in_flight = predictor.queued
-        predictor.release(3)
+        predictor.admission.release(3)
         await predictor.stop()
         return in_flight
 
@@ -89,15 +90,15 @@ def test_the_direct_predictor_stop_waits_for_admitted_images_then_refuses() -> N
     async def scenario() -> tuple[bool, bool]:
         predictor = DirectPredictor(double, max_in_flight=3, threads=1)
         predictor.start()
-        predictor.admit(1)
+        predictor.admission.admit(1)
         stopping = asyncio.create_task(predictor.stop())
         await asyncio.sleep(0.05)
         waited = not stopping.done()
         with pytest.raises(OverloadedError, match="shutting down"):
-            predictor.admit(1)
-        predictor.release(1)
+            predictor.admission.admit(1)
+        predictor.admission.release(1)
         await stopping
-        return waited, predictor.accepting
+        return waited, predictor.admission.accepting
 
     assert asyncio.run(scenario()) == (True, False)
 
@@ -134,7 +135,7 @@ def test_the_direct_path_answers_503_with_retry_after_beyond_max_queue_images(
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(post_png, client, gray_png(10))
         gate.wait_entered()
-        wait_until(lambda: pipeline_of(client).batcher.queued == 1)
+        wait_until(lambda: pipeline_of(client).predictor.queued == 1)
         refused = post_png(client, gray_png(20))
         gate.open()
         assert running.result(WAIT_S).status_code == 200
@@ -156,7 +157,7 @@ def test_the_direct_path_answers_503_when_a_request_outlasts_its_timeout(
         gate.open()
     assert response.status_code == 503
     assert response.json()["detail"] == "the service is busy: the request did not finish in time; retry after 1 s"
-    wait_until(lambda: pipeline_of(client).batcher.queued == 0)
+    wait_until(lambda: pipeline_of(client).predictor.queued == 0)
     assert post_png(client, gray_png(30)).status_code == 200
 
 

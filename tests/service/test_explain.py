@@ -311,7 +311,7 @@ def test_explanation_chunks_never_exceed_the_batch_size_and_predictions_go_betwe
             explanation = pool.submit(post_explain, client, gray_png(100))
             gate.wait_entered()
             prediction = pool.submit(client.post, "/predict", files={"file": ("p.png", gray_png(7), "image/png")})
-            wait_until(lambda: pipeline_of(client).batcher.queued == 1)
+            wait_until(lambda: pipeline_of(client).predictor.queued == 1)
             gate.open()
             assert prediction.result(TIMEOUT_S).status_code == 200
             assert explanation.result(TIMEOUT_S).status_code == 200

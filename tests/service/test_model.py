@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -182,3 +183,23 @@ def test_a_card_whose_hashes_all_match_loads(model_path: Path) -> None:
         model_path, sha256=right.upper(), variants=[_variant("model.onnx", right), _variant("gone.onnx", "3" * 64)]
     )
     assert Classifier.load(model_path, Settings(model_path=model_path).session, engine="onnxruntime").model_id == right
+
+
+def test_the_served_file_is_opened_once_while_the_service_starts_and_answers(
+    model_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The card records the file's sha256, so the hash check reads it too: the bytes it hashes must be the
+    # bytes the engine loads, not a second read of a file that may have changed meanwhile.
+    write_tiny_metadata(build_tiny_onnx(model_path))
+    opened: list[Path] = []
+    real_open = io.open
+
+    def counting_open(file: object, *args: object, **kwargs: object) -> object:
+        if isinstance(file, (str, Path)) and Path(file).resolve() == model_path.resolve():
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(io, "open", counting_open)
+    with TestClient(create_app(Settings(model_path=model_path))) as client:
+        assert client.post("/predict", files={"file": ("x.png", png_bytes, "image/png")}).status_code == 200
+    assert len(opened) == 1

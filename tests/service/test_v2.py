@@ -104,10 +104,11 @@ def test_model_readiness_is_503_again_after_shutdown(tiny_model_path: Path) -> N
 
 @pytest.mark.parametrize("path", ["", "/versions/1"])
 def test_model_metadata_declares_both_inputs_and_both_outputs(client: TestClient, path: str) -> None:
+    engine = client.get("/model").json()["engine"]
     assert client.get(f"/v2/models/{MODEL}{path}").json() == {
         "name": MODEL,
         "versions": ["1"],
-        "platform": "onnxruntime_onnx",
+        "platform": {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}[engine],
         "inputs": [
             {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
             {"name": "input", "datatype": "FP32", "shape": [-1, 100, 100, 1]},

@@ -272,7 +272,7 @@ def test_stop_runs_every_step_when_one_fails(
         client.__exit__(None, None, None)
     assert stopped == ["batcher", "decoder"]
     messages = [r.getMessage() for r in caplog.records]
-    assert "stopping the batcher failed: RuntimeError: stop failed" in messages
+    assert "stopping the predictor failed: RuntimeError: stop failed" in messages
     assert "stopped after answering every admitted request" in messages
 
 

@@ -40,7 +40,7 @@ def _admin_responses(conflict: str) -> dict[int | str, dict[str, object]]:
 )
 async def reload(pipeline: PipelineDep) -> ReloadResponse:
     """Loads, checks and warms MODEL_DIR's highest version beside the served one, then swaps it in."""
-    outcome = await pipeline.reload()
+    outcome = await pipeline.rollout.reload()
     return ReloadResponse(
         previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped, shadow=outcome.shadow
     )
@@ -55,5 +55,5 @@ async def reload(pipeline: PipelineDep) -> ReloadResponse:
 )
 async def promote(pipeline: PipelineDep) -> ReloadResponse:
     """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one."""
-    outcome = await pipeline.promote()
+    outcome = await pipeline.rollout.promote()
     return ReloadResponse(previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped)

@@ -41,7 +41,7 @@ async def model(request: Request, pipeline: PipelineDep) -> dict[str, Any]:
         **pipeline.classifier.describe(),
         "version": pipeline.model.version,
         "effective_threshold": pipeline.threshold(),
-        "request_path": pipeline.model.path.as_dict() if pipeline.model.path else None,
+        "request_path": pipeline.model.request_path.as_dict() if pipeline.model.request_path else None,
         "limits": pipeline.limits.as_dict(),
         "api_key_required": request.app.state.settings.api_key is not None,
     }

@@ -57,6 +57,6 @@ async def quality(pipeline: PipelineDep) -> QualityResponse:
     """Per model version: accuracy, precision, recall and confusion matrix over its last verdicts; shadow agreement."""
     report = await asyncio.to_thread(
         pipeline.quality.report, pipeline.classifier.metadata.class_names, pipeline.model.version,
-        pipeline.shadow.version if pipeline.shadow is not None else None,
+        pipeline.rollout.shadow.version if pipeline.rollout.shadow is not None else None,
     )
     return QualityResponse.model_validate(report)

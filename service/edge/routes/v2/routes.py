@@ -1,8 +1,8 @@
 """`/v2/...`: the Open Inference Protocol's REST endpoints, with its `{"error": ...}` error bodies.
 
 The model's name is `name` in its model card and its version the card's `version` (else "1"). Inference
-goes through the same Pipeline as /predict (decode pool, micro-batcher, deadline), with MAX_FILES and
-MAX_FILE_BYTES applied per tensor; the body limit middleware already covers every route.
+goes through the same Pipeline as /predict (admission, decode lanes, the version's predictor, deadline), with
+MAX_FILES and MAX_FILE_BYTES applied per tensor; the body limit middleware already covers every route.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from service.core.decode_memory import MB, DecodeBusyError
 from service.core.failures import NotFoundError, NotReadyError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.core.labels import label_for
-from service.core.pipeline import EncodedImage, Pipeline, ServedModel
+from service.core.pipeline import EncodedImage, Pipeline
+from service.core.served import ServedModel
 from service.edge.deps import PipelineDep, ready_pipeline
 from service.edge.encoding import VERSION_HEADER
 from service.edge.errors import V2_PREFIX
@@ -33,7 +34,8 @@ from service.edge.uploads import arriving_by
 
 SERVER_NAME = "cell-classifier"
 EXTENSIONS = ["binary_tensor_data"]
-PLATFORM = "onnxruntime_onnx"  # Triton's name for a model run by onnxruntime
+# The platform names the engine that serves: Triton's name for onnxruntime, OpenVINO Model Server's for OpenVINO.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
 DEFAULT_VERSION = "1"
 
 
@@ -99,7 +101,7 @@ def _metadata(model: ServedModel) -> ModelMetadata:
     return ModelMetadata(
         name=model.classifier.metadata.name,
         versions=[model.version],
-        platform=PLATFORM,
+        platform=PLATFORMS.get(model.classifier.engine.name, model.classifier.engine.name),
         inputs=[spec.metadata() for spec in codec.INPUTS],
         outputs=[spec.metadata() for spec in codec.OUTPUTS],
     )
