@@ -88,21 +88,22 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, settings: Settings, metrics: Metrics, *, memory: int | None = None, decode_threads: int | None = None,
+        cls, settings: Settings, metrics: Metrics, *, memory_share: float = 1.0, decode_threads: int | None = None,
         model: ServedModel | None = None,
     ) -> Pipeline:
         """The one builder of every door's pipeline (the server, the Ray ingress, both CLIs): loads and checks
         MODEL_DIR's newest version or MODEL_PATH unless `model` is given (a remote one), and raises
-        ModelLoadError with a message for the log. `memory`: the bytes the decode budget follows (default the
-        container's); `decode_threads`: the common lane's threads where DECODE_THREADS is auto (default the
-        CPUs)."""
+        ModelLoadError with a message for the log. `memory_share`: the share of the container's memory that
+        the decode budget follows (a Ray actor's share of its node); `decode_threads`: the common lane's threads
+        where DECODE_THREADS is auto (default the CPUs)."""
         repository = ModelRepository(settings.model_dir) if settings.model_dir and model is None else None
         if model is None:
             model = ServedModel.load(model_source(settings, repository), settings, metrics)
         threads = settings.decode_threads or decode_threads or lane_threads(settings)
         # Bounded, so many concurrent large uploads cannot each hold a full decoded image at once.
         decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        memory = memory if memory is not None else available_memory()
+        memory = available_memory()
+        memory = None if memory is None else int(memory * memory_share)
         limits = decode_limits(settings.decode_memory_budget_bytes, settings.max_pixels, memory)
         return cls(settings, metrics, model, decoder, limits, repository, LiveQuality.open(settings, metrics))
 

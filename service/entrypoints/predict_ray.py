@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from service.core.assembly import model_source
 from service.core.config import Settings
-from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
@@ -141,12 +140,11 @@ class Scorer:
 
     def __init__(self, settings: Settings, threshold: float | None, cpus: float) -> None:
         settings = actor_settings(settings, cpus)
-        memory = available_memory()
         # This actor's share of its node: the decode budget follows it, as the service's follows its container.
-        share = None if memory is None else int(memory * min(1.0, cpus / _node_cpus()))
+        share = min(1.0, cpus / _node_cpus())
         self.threshold = threshold
         self.loop = asyncio.new_event_loop()
-        self.pipeline = Pipeline.load(settings, Metrics(), memory=share)
+        self.pipeline = Pipeline.load(settings, Metrics(), memory_share=share)
         self.pipeline.warm_up()
         self.loop.run_until_complete(self.pipeline.start())
         # One filesystem per scheme://authority (an S3 one resolves its bucket's region when made).

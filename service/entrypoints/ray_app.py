@@ -66,6 +66,8 @@ class RaySettings(BaseModel):
     ingress_num_cpus: float = Field(1.0, gt=0)
     ingress_target_ongoing_requests: float = Field(4.0, gt=0)
     ingress_max_ongoing_requests: int = Field(32, ge=1)
+    # Without it Ray may place every ingress replica on one node, which then takes the whole door with it.
+    ingress_max_replicas_per_node: int | None = Field(None, ge=1)
 
     # Health checks: Ray calls each replica's check_health every period and replaces one that fails
     # or does not answer within the timeout (Ray's defaults).
@@ -279,7 +281,11 @@ def app_for(settings: Settings, ray_settings: RaySettings) -> serve.Application:
     if ray_settings.model_max_replicas_per_node is not None:
         model_options["max_replicas_per_node"] = ray_settings.model_max_replicas_per_node
     model = Model.options(**model_options).bind(settings, threads_for(ray_settings.model_num_cpus))
+    ingress_options: dict[str, Any] = {}
+    if ray_settings.ingress_max_replicas_per_node is not None:
+        ingress_options["max_replicas_per_node"] = ray_settings.ingress_max_replicas_per_node
     ingress = Ingress.options(
+        **ingress_options,
         autoscaling_config={
             "min_replicas": ray_settings.ingress_min_replicas,
             "max_replicas": ray_settings.ingress_max_replicas,

@@ -28,7 +28,7 @@ APP = "cells"
 # Two of each, one per CPU-half, so both nodes hold an ingress and a model replica.
 TWO_OF_EACH = RaySettings(
     model_min_replicas=2, model_max_replicas=2, model_num_cpus=0.5, model_max_replicas_per_node=1,
-    ingress_min_replicas=2, ingress_max_replicas=2, ingress_num_cpus=0.5,
+    ingress_min_replicas=2, ingress_max_replicas=2, ingress_num_cpus=0.5, ingress_max_replicas_per_node=1,
     health_check_period_s=2, health_check_timeout_s=5,
 )
 
