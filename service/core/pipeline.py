@@ -34,12 +34,13 @@ from service.core.memory import available_memory
 from service.core.metrics import Metrics
 from service.core.model import Classifier, ModelLoadError, serving_batch_sizes
 from service.core.preprocessing import ImageError
+from service.core.quality.gatekeeper import GateKeeper, Roles
 from service.core.quality.live import LiveQuality
 from service.core.quality.records import Answerer
 from service.core.quality.shadow import ShadowModel
 from service.core.reloads import PollMemory
 from service.core.request_path import PathChoice
-from service.core.versions import ModelRepository, ModelSource
+from service.core.versions import MODEL_FILE, ModelRepository, ModelSource, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,9 @@ class Pipeline:
         # The prediction log, verdicts and shadow scoring (service.core.quality); off unless handed in.
         self.quality = quality or LiveQuality(settings.model_copy(update={"prediction_log": False}), metrics, None)
         self.shadow: ServedModel | None = None
+        # issue 36: promotion and rollback by evidence (service.core.quality.gatekeeper).
+        self.gate = GateKeeper(settings, self.quality.store, metrics, swap=self.promote, roles=lambda: Roles(
+            self.model.version, self._shadow_version, self.classifier.metadata.class_names[1]))
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Pipeline:
@@ -229,6 +233,7 @@ class Pipeline:
         self.metrics.ready.set_function(lambda: float(self.ready))
         self._label_served(self.model)
         self.quality.start()
+        self.gate.start()  # issue 36
         if self.settings.model_dir is not None and self.settings.model_poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
 
@@ -238,6 +243,7 @@ class Pipeline:
         if self._poller is not None:
             self._poller.cancel()
             await self._stop_step("the version poller", self._poller)
+        await self._stop_step("the promotion gate", self.gate.stop())  # issue 36
         async with self._reload_lock:
             await self._stop_step("the batcher", self.model.batcher.stop())
             for drain in list(self._draining):
@@ -305,7 +311,22 @@ class Pipeline:
             self.shadow = None
             self.quality.follow_shadow(None)
             self._serve(candidate, current)
-            return ReloadOutcome(current.version, candidate.version, swapped=True)
+            await self._keep_in_shadow(current)  # issue 36: rollback by evidence needs the previous one scored
+            return ReloadOutcome(current.version, candidate.version, swapped=True, shadow=self._shadow_version)
+
+    async def _keep_in_shadow(self, previous: ServedModel) -> None:
+        """issue 36: after a promotion the previous version is loaded again from MODEL_DIR and scored in shadow,
+        so the gate can find the promoted one worse and serve the previous one again (a promotion of it)."""
+        if self._repository is None:
+            return
+        folder = self._repository.model_dir / previous.version
+        source = ModelSource(folder / MODEL_FILE, previous.version, fingerprint(folder))
+        try:
+            again = await asyncio.to_thread(self._load_checked, source)
+            await self._follow_in_shadow(again, source)
+        except Exception as exc:  # noqa: BLE001  the promotion stands; only a rollback by evidence is lost
+            log.error("version %s could not be scored in shadow after the promotion, so no rollback can be "
+                      "decided: %s", previous.version, one_line(exc))
 
     @property
     def _shadow_version(self) -> str | None:
