@@ -66,7 +66,7 @@ feedback = Table(
 )
 
 
-# The audit of rollout (issue 36, service/core/quality/gatekeeper.py): one row per promotion or rollback.
+# The audit of rollout (service/core/quality/gatekeeper.py): one row per promotion or rollback.
 decisions = Table(
     "decisions", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -237,7 +237,7 @@ class Store:
             compared, agreed = connection.execute(query).one()
         return int(compared or 0), int(agreed or 0)
 
-    # --- issue 36: the gate's pairs, the audit of rollout, unjudged images expiring ------------------------
+    # --- the gate's pairs, the audit of rollout, unjudged images expiring ---------------------------------
 
     def judged_pairs(self, served_version: str, shadow_version: str, since: float) -> list[tuple[str, str, str, int]]:
         """(true label, served label, shadow label, count) over the judged images `served_version` served and
