@@ -99,3 +99,18 @@ def test_a_verdict_given_on_the_page_shows_in_the_quality_panel_with_the_gate(
     assert "wait (promote check, manual)" in texts
     assert gate["waiting_for"] in texts
     assert all("401" in message for message in page.console_errors)  # only the panel's look before the key
+
+
+def test_with_the_log_off_the_panel_says_so_and_no_verdict_is_offered(
+    tiny_model_path: Path, page: Any, tmp_path: Path
+) -> None:
+    server = _started(spawn_server(tiny_model_path, tmp_path / "off.log", API_KEY="", PREDICTION_LOG="false"))
+    try:
+        page.goto(server.base_url)
+        page.locator("#quality-status", has_text="403: GET /quality needs the prediction log, which is off").wait_for(
+            timeout=WAIT_MS)
+        card = upload(page, tmp_path, "gray.png", gray_png(200))
+        assert card.locator(".label").inner_text() == "defective"
+        assert card.locator(".verdict").is_hidden()
+    finally:
+        server.terminate()

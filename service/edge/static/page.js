@@ -3,7 +3,8 @@
 "use strict";
 
 // qualityRefused: /quality answered 401 or 403 (a key to enter, or the log off): no polling until the key changes.
-const state = { threshold: null, classes: null, qualityRefused: false };
+// logOff: 403, the prediction log is off, so verdicts cannot be taken: no buttons.
+const state = { threshold: null, classes: null, qualityRefused: false, logOff: false };
 // The quality panel is read again this often, and after each verdict and answer.
 const QUALITY_REFRESH_MS = 10000;
 
@@ -114,7 +115,7 @@ async function classify(file) {
       "aria-label", `probability ${prediction.probability.toFixed(4)} against threshold ${threshold}`,
     );
     card.querySelector(".outcome").hidden = false;
-    if (prediction.id) offerVerdict(card, prediction);
+    if (prediction.id && !state.logOff) offerVerdict(card, prediction);
     status.textContent = "computing the occlusion map…";
     const [input, map] = await Promise.all([post("/preprocess", file), post("/explain?format=png", file)]);
     showImage(card.querySelector(".preview img"), await input.blob());
@@ -257,12 +258,14 @@ async function loadQuality() {
   }
   if (!response.ok) {
     state.qualityRefused = response.status === 401 || response.status === 403;
+    state.logOff = response.status === 403;
     status.textContent = await errorMessage(response);
     el("quality-versions").replaceChildren();
     el("quality-gate").replaceChildren();
     return;
   }
   state.qualityRefused = false;
+  state.logOff = false;
   const report = await response.json();
   const served = report.versions.find((version) => version.version === report.served_version);
   status.textContent = `version ${report.served_version} serves; ${served ? served.verdicts : 0} verdicts on it`;
