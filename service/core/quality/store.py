@@ -245,14 +245,18 @@ class Store:
         self.ensure_schema()
         shadow = predictions.alias("shadow")
         served = predictions.alias("served")
+        # From the verdicts (few) to their answers (many) by primary key. `|| ''` and `+ 0` keep SQLite's planner,
+        # which has no statistics, off the version and time indexes that would walk every answer of the version:
+        # measured, 300,000 answers and 2,000 verdicts, 0.5-1 s that way, 0.04 s this way. (A verdict is never
+        # older than its answer, so `feedback.time >= since` drops nothing.)
         query = (
             select(feedback.c.label, served.c.label, shadow.c.label, func.count())
             .select_from(
-                served.join(shadow, and_(shadow.c.id == served.c.id, shadow.c.role == "shadow"))
-                .join(feedback, feedback.c.id == served.c.id)
+                feedback.join(served, and_(served.c.id == feedback.c.id, served.c.role == "served"))
+                .join(shadow, and_(shadow.c.id == feedback.c.id, shadow.c.role == "shadow"))
             )
-            .where(served.c.role == "served", served.c.version == served_version,
-                   shadow.c.version == shadow_version, served.c.time >= since)
+            .where(feedback.c.time >= since, served.c.time + 0 >= since, served.c.version.concat("") == served_version,
+                   shadow.c.version.concat("") == shadow_version)
             .group_by(feedback.c.label, served.c.label, shadow.c.label)
         )
         with self.engine.connect() as connection:
