@@ -250,7 +250,7 @@ class QualitySettings(BaseSettings):
         0.05, gt=0, lt=0.5, description="the gate's error rate: a version no better is promoted at most this often"
     )
     # A promotion on a dozen verdicts is not one anyone should sign, whatever the test says: 200 judged pairs
-    # bound the positive recall each version is judged on to about 60 positives at ELPV's 27 % defective.
+    # put about 55 positives under the recall guard at ELPV's 27 % defective.
     gate_min_pairs: int = Field(200, ge=1, description="judged images both versions answered before the gate acts")
     gate_interval_s: float = Field(
         60.0, gt=0, description="the gate also looks this often (verdicts sent to other replicas, image expiry)"
