@@ -56,6 +56,9 @@ def _data_options(p: argparse.ArgumentParser, d: TrainSettings) -> None:
                            "subfolder in sort order)")
     data.add_argument("--validation-data", type=Path,
                       help="folder of classes used for validation instead of a split of the training data")
+    data.add_argument("--extra-data", type=Path, metavar="DIR",
+                      help="more images for the training part only, one subfolder per class (dataset --from-log "
+                           "writes it); images equal to a test or validation image are left out; the card records it")
     data.add_argument("--test-split", type=float, default=d.data.test_split,
                       help="stratified held-out test fraction, never trained or tuned on")
     data.add_argument("--validation-split", type=float, default=d.data.validation_split,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,9 @@ def _read(paths: list[Path], labels: list[int], class_names: tuple[str, str]) ->
     )
 
 
-def load_folder(root: Path) -> LabelledImages:
-    """Two subfolders, one per class; sorted names, the second is the positive class (as Keras does)."""
+def load_folder(root: Path, decode: bool = True) -> LabelledImages:
+    """Two subfolders, one per class; sorted names, the second is the positive class (as Keras does).
+    decode=False reads no image (x is empty per file): enough to rebuild a split."""
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -89,7 +91,47 @@ def load_folder(root: Path) -> LabelledImages:
             raise DataError(f"class folder {root / name} holds no images")
         paths += files
         labels += [label] * len(files)
+    if not decode:
+        return LabelledImages(np.zeros((len(paths), 0), np.float32), np.asarray(labels, dtype=np.int64),
+                              tuple(map(str, paths)), (classes[0], classes[1]))
     return _read(paths, labels, (classes[0], classes[1]))
+
+
+def load_extra(root: Path, class_names: tuple[str, str]) -> LabelledImages:
+    """Images to train on beside the data set (`dataset --from-log` writes them): one subfolder per class,
+    named as the data set's classes; a class may have none."""
+    if not root.is_dir():
+        raise DataError(f"extra data folder {root} does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [name for name in folders if name not in class_names]
+    if unknown:
+        raise DataError(f"extra data folder {root} holds {unknown}: its subfolders must be classes of the data set, "
+                        f"{list(class_names)}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DataError(f"extra data folder {root} holds no images in {[str(root / n) for n in class_names]}")
+    extra = _read(paths, labels, class_names)
+    return LabelledImages(extra.x, extra.y, extra.sources, class_names,
+                          strata=np.array([f"extra, label {v}" for v in extra.y]))
+
+
+def concatenate(first: LabelledImages, second: LabelledImages) -> LabelledImages:
+    if first.class_names != second.class_names:
+        raise DataError(f"classes differ: {first.class_names} and {second.class_names}")
+    return LabelledImages(
+        np.concatenate([first.x, second.x]), np.concatenate([first.y, second.y]), first.sources + second.sources,
+        first.class_names, np.concatenate([first.soft_targets, second.soft_targets]),
+        np.concatenate([first.strata, second.strata]),
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def elpv_root() -> Path:
@@ -196,6 +238,46 @@ def recorded_split(card: ModelCard, data_dir: Path | None = None) -> Split:
     else:
         raise DataError(f"the model was trained on '{card.dataset.name}': pass --data-dir with its folder")
     return positive_split(split(data, parts.test_fraction, parts.validation_fraction, parts.seed), card.positive_class)
+
+
+def with_extra(parts: Split, root: Path) -> tuple[Split, dict]:
+    """The split with `root`'s images (load_extra) added to its training part, less any image whose bytes are
+    those of a test or validation image (which would make the held-out figures a training score); what was
+    added and left out, for the card."""
+    extra = load_extra(root, parts.train.class_names)
+    hashes = [file_sha256(source) for source in extra.sources]
+    test = {file_sha256(source) for source in parts.test.sources}
+    validation = {file_sha256(source) for source in parts.validation.sources}
+    keep = np.array([i for i, h in enumerate(hashes) if h not in test and h not in validation], dtype=np.int64)
+    added = extra.subset(keep)
+    manifest = root / "manifest.json"
+    record = {
+        "path": str(root),
+        "images": len(added),
+        "class_counts": added.class_counts(),
+        "left_out_test": sum(h in test for h in hashes),
+        "left_out_validation": sum(h in validation and h not in test for h in hashes),
+        "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+    }
+    return Split(concatenate(parts.train, added), parts.validation, parts.test), record
+
+
+def held_out_sources(card: ModelCard, data_dir: Path | None = None) -> tuple[str, ...]:
+    """The files of the test split a model's card describes, found without decoding any image: ELPV from the
+    package, a folder data set from `data_dir`."""
+    if card.dataset is None or card.dataset.split is None:
+        raise DataError("the model card records no data split; retrain, or pass a card with one")
+    parts = card.dataset.split
+    if parts.test_fraction is None or parts.seed is None:
+        raise DataError("the model card lacks the split's test fraction or seed; cannot rebuild the split")
+    if data_dir is not None:
+        data = load_folder(data_dir, decode=False)
+    elif card.dataset.name == "elpv":
+        data = load_elpv(decode=False)
+    else:
+        raise DataError(f"the model was trained on '{card.dataset.name}': pass --data-dir with its folder")
+    # The test split is the first cut (split()), whatever the validation fraction.
+    return split(data, parts.test_fraction, 0.0, parts.seed).test.sources
 
 
 def held_out_test_set(card: ModelCard) -> LabelledImages:

@@ -57,6 +57,7 @@ CALIBRATION_IMAGES = 128
 class Loaded:
     everything: datasets.LabelledImages
     parts: datasets.Split
+    extra: dict | None = None  # --extra-data: what was added to the training part (the card's dataset.extra)
 
 
 def load_data(data: DataSettings, seed: int, cv: bool = False) -> Loaded:
@@ -77,8 +78,12 @@ def load_data(data: DataSettings, seed: int, cv: bool = False) -> Loaded:
         parts = datasets.Split(parts.train, validation, parts.test)
     else:
         parts = datasets.split(loaded, data.test_split, 0.0 if cv else data.validation_split, seed)
+    extra = None
+    if data.extra_data is not None:  # after the split, into training only: the test split stays the card's
+        parts, extra = datasets.with_extra(parts, data.extra_data)
+        log.info("extra data: %s", extra)
     log.info("split: train %d, validation %d, test %d", len(parts.train), len(parts.validation), len(parts.test))
-    return Loaded(everything, datasets.positive_split(parts, data.positive_class))
+    return Loaded(everything, datasets.positive_split(parts, data.positive_class), extra)
 
 
 def fit_settings(settings: TrainSettings) -> FitSettings:
@@ -331,6 +336,7 @@ def base_metadata(settings: TrainSettings, loaded: Loaded, threshold: float, thr
             "images": len(everything),
             "class_counts": everything.class_counts(),
             "split": split.model_dump(),
+            **({"extra": loaded.extra} if loaded.extra is not None else {}),
         },
     }  # fmt: skip
 

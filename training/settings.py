@@ -26,6 +26,7 @@ class DataSettings:
     data_dir: Path | None = None
     positive_class: str | None = None
     validation_data: Path | None = None
+    extra_data: Path | None = None
     test_split: float = 0.25
     validation_split: float = 0.15
 
@@ -142,6 +143,8 @@ def _first_problem(s: TrainSettings) -> str | None:
     for broken, message in checks:
         if broken:
             return message
+    if data.extra_data is not None and not data.extra_data.is_dir():
+        return f"--extra-data {data.extra_data} is not a folder"
     if selection.compare_with is not None and not selection.compare_with.is_file():
         return f"--compare-with {selection.compare_with} is not a file"
     if fit.initial_weights is not None and not fit.initial_weights.is_file():

@@ -239,6 +239,36 @@ class QualitySettings(BaseSettings):
     shadow_sample: float = Field(1.0, ge=0, le=1, description="share of live images offered to the shadow version")
     # Small, so the shadow only ever takes the CPU that served requests leave: a full queue skips images.
     shadow_queue: int = Field(8, ge=1, description="images waiting for the shadow version; beyond, skipped")
+    # The loop from verdicts to a better model (docs/feedback-loop.md).
+    promote: Literal["manual", "auto"] = Field(
+        "manual", description="auto: the shadow version serves as soon as the promotion gate passes"
+    )
+    rollback: Literal["manual", "auto"] = Field(
+        "manual", description="auto: a promoted version found worse than the previous one (in shadow) is rolled back"
+    )
+    gate_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="the gate's error rate: a version no better is promoted at most this often"
+    )
+    # A promotion on a dozen verdicts is not one anyone should sign, whatever the test says: 200 judged pairs
+    # put about 55 positives under the recall guard at ELPV's 27 % defective.
+    gate_min_pairs: int = Field(200, ge=1, description="judged images both versions answered before the gate acts")
+    gate_interval_s: float = Field(
+        60.0, gt=0, description="the gate also looks this often (verdicts sent to other replicas, image expiry)"
+    )
+    # 34 KiB PNG cells at 100 requests/s are ~290 GB a day: the bytes are kept only while a verdict may come.
+    prediction_log_unjudged_image_s: float = Field(
+        3 * 24 * 3600.0, ge=0, description="an image's bytes without a verdict are dropped after this; 0 keeps them"
+    )
+
+    @model_validator(mode="after")
+    def _auto_needs_shadow(self) -> QualitySettings:
+        for name, value in (("PROMOTE", self.promote), ("ROLLBACK", self.rollback)):
+            if value == "auto" and (self.rollout != "shadow" or not self.prediction_log):
+                raise ValueError(
+                    f"{name}=auto decides on verdicts of versions scored side by side: set ROLLOUT=shadow and "
+                    f"PREDICTION_LOG=true (and MODEL_DIR), or {name}=manual"
+                )
+        return self
 
     @field_validator("prediction_log_url", mode="before")
     @classmethod

@@ -128,6 +128,18 @@ class Metrics:
             "model_version_shadow", "1 for the version scored in shadow (ROLLOUT=shadow)", ["version"],
             registry=self.registry,
         )
+        self.rollout_decisions = Counter(
+            "rollout_decisions_total", "Promotions and rollbacks (action), decided by the gate or an operator",
+            ["action", "decided_by"], registry=self.registry,
+        )
+        self.gate_evidence = Gauge(
+            "gate_evidence", "The promotion gate's evidence E for its check (promote, rollback); it acts at "
+            "1/GATE_ALPHA (rollback: 2/GATE_ALPHA)", ["check"], registry=self.registry,
+        )
+        self.gate_pairs = Gauge(
+            "gate_pairs", "Judged images both the served and the shadow version answered, since the last decision",
+            registry=self.registry,
+        )
 
     def watch_drift(self, monitor: DriftMonitor) -> None:
         """The drift gauges read the monitor when scraped, so serving a request computes no index."""

@@ -19,10 +19,11 @@ from service.core.failures import ReloadRefusedError, one_line
 from service.core.lanes import lane_threads
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
+from service.core.quality.gatekeeper import GateKeeper, Roles
 from service.core.quality.live import LiveQuality
 from service.core.quality.shadow import ShadowModel
 from service.core.served import ServedModel
-from service.core.versions import Fingerprint, ModelRepository, ModelSource
+from service.core.versions import MODEL_FILE, Fingerprint, ModelRepository, ModelSource, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,14 @@ class Rollout:
         self._draining: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._polled = PollMemory()
+        # Promotion and rollback by evidence (service.core.quality.gatekeeper): it calls promote.
+        self.gate = GateKeeper(settings, quality.store, metrics, swap=self.promote, roles=lambda: Roles(
+            self.served.version, self._shadow_version, self.served.classifier.metadata.class_names[1]))
 
     def start(self) -> None:
         self.served.predictor.start()
         self._label_served(self.served)
+        self.gate.start()
         if self.settings.model_dir is not None and self.settings.model_poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.model_poll_interval_s), name="model-poller")
 
@@ -102,6 +107,7 @@ class Rollout:
         if self._poller is not None:
             self._poller.cancel()
             await stop_step("the version poller", self._poller)
+        await stop_step("the promotion gate", self.gate.stop())
         async with self._lock:
             await stop_step("the predictor", self.served.predictor.stop())
             for drain in list(self._draining):
@@ -153,7 +159,22 @@ class Rollout:
             self.shadow = None
             self.quality.follow_shadow(None)
             self._serve(candidate, current)
-            return ReloadOutcome(current.version, candidate.version, swapped=True)
+            await self._keep_in_shadow(current)  # rollback by evidence needs the previous version scored
+            return ReloadOutcome(current.version, candidate.version, swapped=True, shadow=self._shadow_version)
+
+    async def _keep_in_shadow(self, previous: ServedModel) -> None:
+        """After a promotion the previous version is loaded again from MODEL_DIR and scored in shadow, so the
+        gate can find the promoted one worse and serve the previous one again (a promotion of it)."""
+        if self._repository is None:
+            return
+        folder = self._repository.model_dir / previous.version
+        source = ModelSource(folder / MODEL_FILE, previous.version, fingerprint(folder))
+        try:
+            again = await asyncio.to_thread(ServedModel.load, source, self.settings, self.metrics)
+            await self._follow_in_shadow(again, source)
+        except Exception as exc:  # noqa: BLE001  the promotion stands; only a rollback by evidence is lost
+            log.error("version %s could not be scored in shadow after the promotion, so no rollback can be "
+                      "decided: %s", previous.version, one_line(exc))
 
     @property
     def _shadow_version(self) -> str | None:

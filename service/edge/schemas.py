@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -98,6 +100,40 @@ class LogActivity(BaseModel):
     dropped: dict[str, int] = Field(description="rows this process dropped, by reason")
 
 
+class GateReport(BaseModel):
+    """The promotion gate over the judged images both versions answered (docs/feedback-loop.md)."""
+
+    check: str | None = Field(description="promote (is the shadow version better?), rollback (is the served one "
+                                           "worse than the previous, in shadow?), or null with no shadow version")
+    mode: str = Field(description="PROMOTE (promote check) or ROLLBACK (rollback check): manual or auto")
+    served_version: str
+    shadow_version: str | None
+    since: float | None = Field(description="pairs answered from this Unix time count (the last decision)")
+    pairs: int = Field(description="judged images both versions answered")
+    shadow_only_correct: int = Field(description="discordant pairs the shadow version got right")
+    served_only_correct: int = Field(description="discordant pairs the served version got right")
+    positives: int = Field(description="pairs whose verdict is the positive class")
+    positives_shadow_only: int = Field(description="positives only the shadow version found")
+    positives_served_only: int = Field(description="positives only the served version found")
+    evidence: float | None = Field(description="E, the always-valid test's statistic for the check")
+    recall_evidence: float | None = Field(description="E that recall of the positive class is lost")
+    threshold: float | None = Field(description="E at which the gate acts: 1/GATE_ALPHA (rollback 2/GATE_ALPHA)")
+    one_look_p: float | None = Field(description="McNemar's exact one-sided p-value, valid for one look only")
+    alpha: float | None
+    min_pairs: int | None
+    decision: str = Field(description="pass, wait, blocked, manual (passes; left to a person) or idle")
+    waiting_for: str | None = Field(description="what the gate needs before it can pass, in words")
+
+
+class RolloutDecision(BaseModel):
+    time: float
+    action: str = Field(description="promote or rollback")
+    previous: str
+    serving: str
+    decided_by: str = Field(description="gate (PROMOTE/ROLLBACK=auto) or operator (POST /admin/promote)")
+    figures: dict[str, Any] = Field(description="the gate's figures when it was decided")
+
+
 class QualityResponse(BaseModel):
     window: int = Field(description="QUALITY_WINDOW: the last verdicts per version the figures cover")
     class_names: list[str]
@@ -107,3 +143,5 @@ class QualityResponse(BaseModel):
     versions: list[VersionQuality]
     shadow: ShadowActivity
     log: LogActivity
+    gate: GateReport
+    decisions: list[RolloutDecision] = Field(description="the newest promotions and rollbacks (the audit table)")

@@ -50,13 +50,27 @@ def _started(server: Server) -> Server:
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, module_tmp: Path) -> Iterator[Server]:
     """The service over the tiny model, no API key, CORS closed (the defaults)."""
-    started = _started(spawn_server(tiny_model_path, module_tmp / "server.log", API_KEY=""))
+    started = _started(spawn_server(tiny_model_path, module_tmp / "server.log", API_KEY="",
+                                    DATA_DIR=module_tmp / "server-data"))
     yield started
     started.terminate()
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model_path: Path, module_tmp: Path) -> Iterator[Server]:
-    started = _started(spawn_server(tiny_model_path, module_tmp / "keyed.log", API_KEY="page-test-key"))
+    started = _started(spawn_server(tiny_model_path, module_tmp / "keyed.log", API_KEY="page-test-key",
+                                    DATA_DIR=module_tmp / "keyed-data"))
     yield started
     started.terminate()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page; `page.console_errors` collects what chromium reports as errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
+    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
+    yield page
+    context.close()

@@ -25,6 +25,7 @@ def shoot(browser: Any, base_url: str, image: Path, out: Path, width: int = 900)
         page.get_by_text("Probability of").wait_for()
         page.get_by_label("Images").set_input_files(str(image))
         page.locator("article.result[data-done='true']").wait_for(timeout=180_000)
+        page.locator("#quality-gate dt").first.wait_for()  # the live quality panel has its figures
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=True)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,6 @@ from tests.service.helpers import gradient, gray_png
 pytestmark = pytest.mark.browser
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 WAIT_MS = 60_000
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.console_errors = []
-    page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
-    yield page
-    context.close()
 
 
 def upload(page: Any, tmp_path: Path, name: str, data: bytes) -> Any:
@@ -154,7 +142,8 @@ def test_the_documented_screenshot_is_the_page_as_it_is_now(browser: Any, module
     from training.samples import elpv_data_folder
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "model.onnx"
-    server = _started(spawn_server(shipped, module_tmp / "shipped.log", API_KEY="", REQUEST_TIMEOUT_S=120))
+    server = _started(spawn_server(shipped, module_tmp / "shipped.log", API_KEY="", REQUEST_TIMEOUT_S=120,
+                                   DATA_DIR=module_tmp / "shipped-data"))  # an empty log: the panel as new
     try:
         shot = shoot(browser, server.base_url, elpv_data_folder() / "images" / "cell0470.png", tmp_path / "page.png")
     finally:

@@ -23,7 +23,7 @@ from service.core.preprocessing import PREPROCESSING_DESCRIPTION
 from training.cli import main
 
 OPTIONS = [
-    "--dataset", "--data-dir", "--validation-data", "--test-split", "--validation-split",
+    "--dataset", "--data-dir", "--validation-data", "--extra-data", "--test-split", "--validation-split",
     "--epochs", "--batch-size", "--learning-rate", "--augment", "--no-augment", "--class-weight",
     "--no-class-weight", "--early-stopping-patience", "--reduce-lr-patience", "--mixed-precision",
     "--seed", "--resume", "--filters", "--quarter-turns", "--no-quarter-turns", "--lr-schedule",

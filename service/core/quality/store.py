@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     case,
     create_engine,
@@ -63,6 +64,30 @@ feedback = Table(
     Column("time", Double, nullable=False),
     Index("ix_feedback_time", "time"),
 )
+
+
+# The audit of rollout (service/core/quality/gatekeeper.py): one row per promotion or rollback.
+decisions = Table(
+    "decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("action", String(16), nullable=False),  # promote | rollback
+    Column("previous", String(64), nullable=False),  # the version that served before
+    Column("serving", String(64), nullable=False),  # the version that serves after
+    Column("decided_by", String(64), nullable=False),  # gate (PROMOTE/ROLLBACK=auto) | operator (POST /admin/promote)
+    Column("figures", Text, nullable=False),  # JSON: the gate's verdict at the time (service.core.quality.gate)
+    Index("ix_decisions_time", "time"),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    time: float
+    action: str
+    previous: str
+    serving: str
+    decided_by: str
+    figures: str
 
 
 @dataclass(frozen=True)
@@ -211,6 +236,60 @@ class Store:
         with self.engine.connect() as connection:
             compared, agreed = connection.execute(query).one()
         return int(compared or 0), int(agreed or 0)
+
+    # --- the gate's pairs, the audit of rollout, unjudged images expiring ---------------------------------
+
+    def judged_pairs(self, served_version: str, shadow_version: str, since: float) -> list[tuple[str, str, str, int]]:
+        """(true label, served label, shadow label, count) over the judged images `served_version` served and
+        `shadow_version` scored in shadow, answered at or after `since` (Unix time)."""
+        self.ensure_schema()
+        shadow = predictions.alias("shadow")
+        served = predictions.alias("served")
+        # From the verdicts (few) to their answers (many) by primary key. `|| ''` and `+ 0` keep SQLite's planner,
+        # which has no statistics, off the version and time indexes that would walk every answer of the version:
+        # measured, 300,000 answers and 2,000 verdicts, 0.5-1 s that way, 0.04 s this way. (A verdict is never
+        # older than its answer, so `feedback.time >= since` drops nothing.)
+        query = (
+            select(feedback.c.label, served.c.label, shadow.c.label, func.count())
+            .select_from(
+                feedback.join(served, and_(served.c.id == feedback.c.id, served.c.role == "served"))
+                .join(shadow, and_(shadow.c.id == feedback.c.id, shadow.c.role == "shadow"))
+            )
+            .where(feedback.c.time >= since, served.c.time + 0 >= since, served.c.version.concat("") == served_version,
+                   shadow.c.version.concat("") == shadow_version)
+            .group_by(feedback.c.label, served.c.label, shadow.c.label)
+        )
+        with self.engine.connect() as connection:
+            return [(truth, by_served, by_shadow, int(count))
+                    for truth, by_served, by_shadow, count in connection.execute(query)]
+
+    def record_decision(self, decision: Decision) -> None:
+        self.ensure_schema()
+        with self.engine.begin() as connection:
+            connection.execute(insert(decisions).values(**decision.__dict__))
+
+    def decisions(self, limit: int = 20) -> list[Decision]:
+        """The newest first."""
+        self.ensure_schema()
+        query = select(*(decisions.c[name] for name in Decision.__dataclass_fields__)).order_by(
+            decisions.c.time.desc(), decisions.c.id.desc()
+        ).limit(limit)
+        with self.engine.connect() as connection:
+            return [Decision(*row) for row in connection.execute(query)]
+
+    def forget_unjudged_images(self, cutoff: float, after: float = 0.0) -> int:
+        """Drops the bytes of images answered in [after, cutoff) that have no verdict; the rows stay. `after`,
+        the previous call's cutoff, keeps each call to the rows the time index finds since then."""
+        self.ensure_schema()
+        judged = select(feedback.c.id)
+        query = (
+            update(predictions)
+            .where(predictions.c.time >= after, predictions.c.time < cutoff, predictions.c.image.is_not(None),
+                   predictions.c.id.not_in(judged))
+            .values(image=None)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(query).rowcount
 
     def close(self) -> None:
         self.engine.dispose()

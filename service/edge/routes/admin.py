@@ -54,6 +54,9 @@ async def reload(pipeline: PipelineDep) -> ReloadResponse:
     responses=_admin_responses("no version is scored in shadow"),
 )
 async def promote(pipeline: PipelineDep) -> ReloadResponse:
-    """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one."""
-    outcome = await pipeline.rollout.promote()
-    return ReloadResponse(previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped)
+    """Serves the version scored in shadow (ROLLOUT=shadow); requests already admitted finish on the old one. The
+    previous version is scored in shadow from then on; the decision is an audit row of the prediction log."""
+    outcome = await pipeline.rollout.gate.promote()
+    return ReloadResponse(
+        previous=outcome.previous, serving=outcome.serving, swapped=outcome.swapped, shadow=outcome.shadow
+    )

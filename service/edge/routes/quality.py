@@ -45,6 +45,7 @@ async def feedback(
     given = await asyncio.to_thread(
         pipeline.quality.give_verdicts, [(v.id, v.label) for v in verdicts], class_names
     )
+    pipeline.rollout.gate.poke()
     return FeedbackResponse(verdicts=[
         VerdictOut(id=v.id, version=v.version, predicted=v.predicted, label=v.label, correct=v.correct) for v in given
     ])
@@ -54,9 +55,10 @@ async def feedback(
     "/quality", response_model=QualityResponse, dependencies=[Depends(require_api_key)], responses=_store_errors
 )
 async def quality(pipeline: PipelineDep) -> QualityResponse:
-    """Per model version: accuracy, precision, recall and confusion matrix over its last verdicts; shadow agreement."""
+    """Per model version: accuracy, precision, recall and confusion matrix over its last verdicts; shadow agreement;
+    the promotion gate and the last promotions and rollbacks."""
     report = await asyncio.to_thread(
         pipeline.quality.report, pipeline.classifier.metadata.class_names, pipeline.model.version,
         pipeline.rollout.shadow.version if pipeline.rollout.shadow is not None else None,
     )
-    return QualityResponse.model_validate(report)
+    return QualityResponse.model_validate({**report, **await asyncio.to_thread(pipeline.rollout.gate.report)})

@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import select
 
 from bench.servers import Server, service_spec
-from service.core.quality.store import Store, predictions
+from service.core.quality.records import Answerer, ImageFacts, PredictionRecord
+from service.core.quality.store import Decision, Store, predictions
 from tests.service.helpers import gray_png
+from tests.service.quality.test_gatekeeper import write_pairs
 
 pytestmark = pytest.mark.postgres
 
@@ -97,3 +99,18 @@ def test_two_service_processes_share_one_log_in_postgres(
     with Store(postgres_url).engine.connect() as connection:
         logged = set(connection.scalars(select(predictions.c.id)))
     assert logged == set(ids), "every answered prediction of both processes is in the log after a graceful stop"
+
+
+def test_the_gates_queries_and_the_audit_run_on_postgres(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    write_pairs(store, "7", "8", wins=3, at=1000.0)
+    write_pairs(store, "7", "8", wins=2, at=3000.0)
+    assert store.judged_pairs("7", "8", since=0.0) == [("defective", "functional", "defective", 5)]
+    assert store.judged_pairs("7", "8", since=2000.0) == [("defective", "functional", "defective", 2)]
+    store.record_decision(Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}'))
+    assert store.decisions(limit=1) == [Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}')]
+    record = PredictionRecord.of("pg-unjudged", "served", Answerer("7", "onnxruntime", "fp32",
+                                 ("functional", "defective")), 0.1, "functional", 0.5, ImageFacts.of(b"x", keep=True))
+    store.write([PredictionRecord(**{**record.__dict__, "time": 500.0})])
+    assert store.forget_unjudged_images(cutoff=600.0) == 1
+    store.close()

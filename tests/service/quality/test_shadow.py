@@ -88,11 +88,17 @@ def test_a_shadow_version_never_changes_an_answer_is_logged_beside_it_and_is_pro
     assert report["shadow"]["scored"] == len(LEVELS)
 
     promoted = client.post("/admin/promote", headers=HEADERS)
-    assert promoted.json() == {"previous": "1", "serving": "2", "swapped": True}
+    assert promoted.json() == {"previous": "1", "serving": "2", "swapped": True, "shadow": "1"}
     after = answers(client)
     assert [p["label"] for p in after] != [p["label"] for p in before]
-    assert client.get("/quality", headers=HEADERS).json()["shadow_version"] is None
-    assert client.post("/admin/promote", headers=HEADERS).status_code == 409
+    # The previous version is scored in shadow from then on, so a promotion can be undone by evidence.
+    assert client.get("/quality", headers=HEADERS).json()["shadow_version"] == "1"
+    again = client.post("/admin/promote", headers=HEADERS)
+    assert again.json() == {"previous": "2", "serving": "1", "swapped": True, "shadow": "2"}
+    decisions = client.get("/quality", headers=HEADERS).json()["decisions"]
+    assert [(d["action"], d["previous"], d["serving"], d["decided_by"]) for d in decisions] == [
+        ("rollback", "2", "1", "operator"), ("promote", "1", "2", "operator")
+    ]
 
 
 def test_promote_needs_the_admin_key(shadow_client: TestClient) -> None:
