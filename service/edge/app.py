@@ -21,6 +21,7 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
+from service.edge.grpc.door import GrpcDoor
 from service.edge.headers import SecurityHeaders
 from service.edge.limits import BodySizeLimit
 from service.edge.metrics_middleware import MetricsMiddleware
@@ -31,9 +32,14 @@ log = logging.getLogger("service")
 EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None,
+    grpc_door: GrpcDoor | None = None,
+) -> FastAPI:
     """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`.
-    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does."""
+    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does.
+    `grpc_door`: served beside HTTP over the same pipeline, started and stopped by the lifespan (`python -m
+    service` hands one in when GRPC_ENABLED; tests and the Ray ingress serve HTTP only)."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
 
     @asynccontextmanager
@@ -71,8 +77,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
                 settings.host, settings.port,
             )
         try:
+            if grpc_door is not None:
+                await grpc_door.start(serving, app.version)
             yield {"pipeline": serving}
         finally:
+            if grpc_door is not None:
+                await grpc_door.stop()  # before the pipeline: its calls in flight are answered first
             await serving.stop()
             log.info("stopped after answering every admitted request")
 
