@@ -16,8 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service.core.config import Settings
 from service.core.pipeline import Pipeline
 from service.edge.grpc import grpc_predict_v2_pb2 as pb
-from service.edge.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.edge.grpc.servicer import InferenceServicer
+from service.edge.grpc.servicer import InferenceServicer, handlers
 
 log = logging.getLogger("service")
 
@@ -32,6 +31,14 @@ def max_message_bytes(settings: Settings) -> int:
     itself, before any of the service's code runs."""
     files = settings.max_files * (settings.max_file_bytes + 4) + MESSAGE_OVERHEAD_BYTES
     return min(files, settings.max_body_bytes)
+
+
+def max_calls(settings: Settings) -> int:
+    """Calls running at once. Each holds its whole message (up to max_message_bytes) from before its handler
+    runs, so they are bounded: as many as images may be admitted (MAX_QUEUE_IMAGES; a call carries at least
+    one), and as many again, which admission answers UNAVAILABLE with its retry hint. gRPC answers calls beyond
+    these RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") before reading their message."""
+    return 2 * settings.max_queue_images
 
 
 def address(host: str, port: int) -> str:
@@ -59,13 +66,8 @@ class GrpcDoor:
     async def start(self, pipeline: Pipeline, server_version: str) -> None:
         """Serves on GRPC_PORT; a port that cannot be bound raises OSError naming it."""
         settings = self.settings
-        # Every call holds its whole message (up to max_message_bytes) while it runs, so at most as many run
-        # as images may be admitted at once (MAX_QUEUE_IMAGES, each call carries at least one); gRPC answers
-        # the next RESOURCE_EXHAUSTED before reading its message.
-        server = grpc.aio.server(options=self.options, maximum_concurrent_rpcs=settings.max_queue_images)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(pipeline, settings, server_version), server
-        )
+        server = grpc.aio.server(options=self.options, maximum_concurrent_rpcs=max_calls(settings))
+        server.add_generic_rpc_handlers((handlers(InferenceServicer(pipeline, settings, server_version)),))
         checks = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         try:

@@ -12,12 +12,15 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 
 from service.core.config import Settings
-from service.core.failures import NotReadyError, ServiceError, UnauthorizedError
+from service.core.failures import MalformedRequestError, NotReadyError, ServiceError, UnauthorizedError
 from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline, ServedModel
 from service.core.preprocessing import ImageError
@@ -36,6 +39,44 @@ T = TypeVar("T")
 Context = grpc.aio.ServicerContext
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A request whose bytes are not its message: answered INVALID_ARGUMENT by the servicer (gRPC itself would
+    answer a deserializer's exception INTERNAL, a server fault, for the client's bad bytes)."""
+
+    reason: str
+
+
+Message = Any  # the call's request message, or Unreadable
+
+
+def lenient(message: type[ProtoMessage]) -> Callable[[bytes], ProtoMessage | Unreadable]:
+    """A request deserializer that never raises."""
+
+    def read(data: bytes) -> ProtoMessage | Unreadable:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Unreadable(str(exc) or "it does not parse")
+
+    return read
+
+
+def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's six calls on `servicer`, as the generated add_GRPCInferenceServiceServicer_to_server
+    registers them, but with lenient deserializers."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    calls = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, calls)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The six calls of the protocol's gRPC service, over `pipeline`."""
 
@@ -46,49 +87,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._limits = codec.Limits(settings.max_files, settings.max_file_bytes)
         self._metrics = pipeline.metrics
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
-        return await self._answer("ServerLive", context, self._live)
+    async def ServerLive(self, request: Message, context: Context) -> pb.ServerLiveResponse:
+        return await self._answer("ServerLive", request, context, self._live)
 
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: Context
-    ) -> pb.ServerReadyResponse:
-        return await self._answer("ServerReady", context, self._ready)
+    async def ServerReady(self, request: Message, context: Context) -> pb.ServerReadyResponse:
+        return await self._answer("ServerReady", request, context, self._ready)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return await self._answer("ModelReady", context, lambda: self._model_ready(request))
+    async def ModelReady(self, request: Message, context: Context) -> pb.ModelReadyResponse:
+        return await self._answer("ModelReady", request, context, self._model_ready)
 
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Context
-    ) -> pb.ServerMetadataResponse:
-        return await self._answer("ServerMetadata", context, self._server_metadata)
+    async def ServerMetadata(self, request: Message, context: Context) -> pb.ServerMetadataResponse:
+        return await self._answer("ServerMetadata", request, context, self._server_metadata)
 
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: Context
-    ) -> pb.ModelMetadataResponse:
-        return await self._answer("ModelMetadata", context, lambda: self._model_metadata(request))
+    async def ModelMetadata(self, request: Message, context: Context) -> pb.ModelMetadataResponse:
+        return await self._answer("ModelMetadata", request, context, self._model_metadata)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._answer("ModelInfer", context, lambda: self._infer(request, context))
+    async def ModelInfer(self, request: Message, context: Context) -> pb.ModelInferResponse:
+        return await self._answer("ModelInfer", request, context, self._infer)
 
     # ---- the calls, without gRPC's error plumbing -------------------------------------------------------------
 
-    async def _live(self) -> pb.ServerLiveResponse:
+    async def _live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def _ready(self) -> pb.ServerReadyResponse:
+    async def _ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._pipeline.ready)
 
     def _served(self, name: str, version: str) -> ServedModel:
         return served(self._pipeline, name, version or None)  # "" is proto3's unset: the served version
 
-    async def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+    async def _model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         self._served(request.name, request.version)
         return pb.ModelReadyResponse(ready=self._pipeline.ready)
 
-    async def _server_metadata(self) -> pb.ServerMetadataResponse:
+    async def _server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._server_version, extensions=EXTENSIONS)
 
-    async def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+    async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         model = self._served(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -149,12 +184,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             deadline = min(deadline, asyncio.get_running_loop().time() + remaining)
         return deadline
 
-    async def _answer(self, method: str, context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    async def _answer(
+        self, method: str, request: Message, context: Context, call: Callable[[Any, Context], Awaitable[T]]
+    ) -> T:
         """The call's answer, or its error as the table's code with the message as details; counted and timed."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await call()
+            if isinstance(request, Unreadable):
+                raise MalformedRequestError(f"the {method} request is not a valid protobuf message: {request.reason}")
+            return await call(request, context)
         except (ServiceError, ImageError) as exc:
             code, retry = grpc_code_for(exc)
             remaining = context.time_remaining()
