@@ -20,7 +20,14 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from service.core.config import Settings
-from service.core.failures import MalformedRequestError, NotReadyError, ServiceError, UnauthorizedError
+from service.core.failures import (
+    BusyError,
+    MalformedRequestError,
+    NotReadyError,
+    RequestTimeoutError,
+    ServiceError,
+    UnauthorizedError,
+)
 from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline, ServedModel
 from service.core.preprocessing import ImageError
@@ -142,12 +149,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         version = request.model_version or None
         served(pipeline, request.model_name, version)
         call = tensors.read_request(request, self._limits)
-        deadline = self._deadline(context)
-        if call.tensor.images is not None:
-            images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(call.tensor.images)]
-            answer = await pipeline.answer(images, deadline)
-        else:
-            answer = await pipeline.answer_arrays(list(call.tensor.pixels), deadline)  # type: ignore[arg-type]
+        deadline, the_clients = self._deadline(context)
+        try:
+            if call.tensor.images is not None:
+                images = [EncodedImage(f"image_bytes[{i}]", data) for i, data in enumerate(call.tensor.images)]
+                answer = await pipeline.answer(images, deadline)
+            else:
+                answer = await pipeline.answer_arrays(list(call.tensor.pixels), deadline)  # type: ignore[arg-type]
+        except BusyError as exc:
+            if the_clients and asyncio.get_running_loop().time() >= deadline:
+                raise RequestTimeoutError(f"the call's deadline passed before it was answered ({exc})") from exc
+            raise
         if version is not None and answer.model.version != version:
             # A reload swapped versions while this request waited; the protocol promises the version asked for.
             raise NotReadyError(f"version {version} was replaced by version {answer.model.version}: ask for that one")
@@ -176,13 +188,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if sent_bytes is None or not secrets.compare_digest(sent_bytes, expected.get_secret_value().encode()):
             raise UnauthorizedError(f"missing or wrong API key: send it in the {API_KEY_METADATA} metadata")
 
-    def _deadline(self, context: Context) -> float:
-        """REQUEST_TIMEOUT_S from now, or the client's deadline when that comes first."""
+    def _deadline(self, context: Context) -> tuple[float, bool]:
+        """REQUEST_TIMEOUT_S from now, or the client's deadline when that comes first (then True): a call that
+        runs past the client's deadline is DEADLINE_EXCEEDED, past the service's own the busy UNAVAILABLE."""
         deadline = self._pipeline.deadline()
         remaining = context.time_remaining()
-        if remaining is not None:
-            deadline = min(deadline, asyncio.get_running_loop().time() + remaining)
-        return deadline
+        if remaining is None:
+            return deadline, False
+        clients = asyncio.get_running_loop().time() + remaining
+        return min(deadline, clients), clients <= deadline
 
     async def _answer(
         self, method: str, request: Message, context: Context, call: Callable[[Any, Context], Awaitable[T]]
@@ -196,9 +210,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return await call(request, context)
         except (ServiceError, ImageError) as exc:
             code, retry = grpc_code_for(exc)
-            remaining = context.time_remaining()
-            if retry and remaining is not None and remaining <= 0:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED  # the client's own deadline ran out, not the service
             trailing = ((RETRY_AFTER_METADATA, str(self._settings.retry_after_s)),) if retry else ()
             await context.abort(code, str(exc), trailing_metadata=trailing)
             raise  # unreachable: abort raises
