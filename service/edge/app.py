@@ -71,10 +71,11 @@ def create_app(
             serving.request_path(), serving.limits.as_dict(),
         )
         if settings.host in EVERY_INTERFACE and settings.api_key is None:
+            ports = f"{settings.port}" + (f" or {settings.grpc_port} (gRPC)" if grpc_door is not None else "")
             log.warning(
-                "listening on every interface (HOST=%s) without an API key: anyone who can reach port %d can "
+                "listening on every interface (HOST=%s) without an API key: anyone who can reach port %s can "
                 "use the model; set API_KEY, or HOST=127.0.0.1 to serve this machine only",
-                settings.host, settings.port,
+                settings.host, ports,
             )
         try:
             if grpc_door is not None:
