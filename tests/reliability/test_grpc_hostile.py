@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import shutil
 import signal
 import struct
 import threading
@@ -305,3 +306,32 @@ def test_sigterm_drains_the_grpc_and_http_calls_in_flight_and_exits_0(tiny_model
         assert np.isfinite(np.frombuffer(answers[0].raw_output_contents[0], "<f4")).all()
     finally:
         server.kill()
+
+
+def test_a_hot_reload_is_served_over_grpc_and_the_old_version_is_not_found(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    versions = tmp_path / "versions"
+    for folder in (versions / "1", tmp_path / "later"):  # version 2 arrives after the start
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_model_path, folder / "model.onnx")
+        shutil.copy(tiny_model_path.with_suffix(".json"), folder / "model.json")
+    server = spawn_server(tiny_model_path, tmp_path / "reload.log", MODEL_DIR=versions, API_KEY="k")
+    try:
+        server.wait_ready(timeout_s=90.0)
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            key = (("x-api-key", "k"),)
+            assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10).versions) == ["1"]
+            shutil.move(tmp_path / "later", versions / "2")
+            reloaded = httpx.post(f"{server.base_url}/admin/reload", headers={"X-API-Key": "k"}, timeout=60.0)
+            assert reloaded.status_code == 200, reloaded.text
+            assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10).versions) == ["2"]
+            answer = stub.ModelInfer(infer(raw=[length_prefixed(PNG)], version="2"), metadata=key, timeout=30)
+            assert answer.model_version == "2"
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(infer(raw=[length_prefixed(PNG)], version="1"), metadata=key, timeout=30)
+        assert info.value.code() == Code.NOT_FOUND
+        assert "serves version '2'" in (info.value.details() or "")
+    finally:
+        assert server.terminate() == 0, server.log
