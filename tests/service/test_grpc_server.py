@@ -2,8 +2,9 @@
 always sends raw tensors and reads raw outputs), the generated stub for typed `contents` (what KServe's client
 sends for Python lists), the standard health service, the API key in metadata, and the same answers as REST.
 
-KServe's own InferenceGRPCClient is not used: the `kserve` package pulls in its model server's framework
-(FastAPI pinned, Ray, cloud storage clients); the generated stub sends the same messages it does."""
+KServe's own InferenceGRPCClient is not used: `kserve` 0.21 needs protobuf < 7 (this service's generated code
+needs >= 7.35) and brings its own model server, pandas and the Kubernetes client; the generated stub sends the
+same messages it does."""
 
 from __future__ import annotations
 
