@@ -30,8 +30,11 @@ def settings_for(model: Path, **overrides: object) -> Settings:
 
 
 def test_the_message_limit_is_the_largest_valid_request_within_the_body_limit(tiny_model_path: Path) -> None:
-    small = settings_for(tiny_model_path, max_files=2, max_file_bytes=1000, max_body_bytes=10**9)
-    assert door.max_message_bytes(small) == 2 * (1000 + 4) + door.MESSAGE_OVERHEAD_BYTES
+    files = settings_for(tiny_model_path, max_files=2, max_file_bytes=100_000, max_body_bytes=10**9)
+    assert door.max_message_bytes(files) == 2 * (100_000 + 4) + door.MESSAGE_OVERHEAD_BYTES
+    # Files smaller than an image's FP32 pixels: MAX_FILES images of pixels still fit.
+    pixels = settings_for(tiny_model_path, max_files=2, max_file_bytes=1000, max_body_bytes=10**9)
+    assert door.max_message_bytes(pixels) == 2 * 40_000 + door.MESSAGE_OVERHEAD_BYTES
     assert door.max_message_bytes(settings_for(tiny_model_path)) == Settings().max_body_bytes  # 16 x 20 MiB > 64 MiB
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,20 +18,22 @@ from service.core.config import Settings
 from service.core.pipeline import Pipeline
 from service.edge.grpc import grpc_predict_v2_pb2 as pb
 from service.edge.grpc.servicer import InferenceServicer, handlers
+from service.edge.routes.v2 import codec
 
 log = logging.getLogger("service")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # inference.GRPCInferenceService
 # Room for a request's own fields around its tensors' bytes (names, shape, parameters, 4-byte prefixes).
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+PIXELS_BYTES = 4 * math.prod(codec.PIXELS.shape[1:])  # one image as the FP32 input: 40,000 bytes
 
 
 def max_message_bytes(settings: Settings) -> int:
-    """The largest request the door reads: MAX_FILES files of MAX_FILE_BYTES (the largest valid request),
-    never more than MAX_BODY_BYTES (what the HTTP door reads). gRPC answers a larger one RESOURCE_EXHAUSTED
-    itself, before any of the service's code runs."""
-    files = settings.max_files * (settings.max_file_bytes + 4) + MESSAGE_OVERHEAD_BYTES
-    return min(files, settings.max_body_bytes)
+    """The largest request the door reads: the largest valid one, MAX_FILES files of MAX_FILE_BYTES each (or
+    MAX_FILES images of FP32 pixels, when those are larger), never more than MAX_BODY_BYTES (what the HTTP door
+    reads). gRPC answers a larger one RESOURCE_EXHAUSTED itself, before any of the service's code runs."""
+    per_image = max(settings.max_file_bytes + 4, PIXELS_BYTES)  # + 4: a BYTES element's length prefix
+    return min(settings.max_files * per_image + MESSAGE_OVERHEAD_BYTES, settings.max_body_bytes)
 
 
 def max_calls(settings: Settings) -> int:
