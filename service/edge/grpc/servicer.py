@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 API_KEY_METADATA = "x-api-key"
 RETRY_AFTER_METADATA = "retry-after"
+# uvloop (uvicorn's loop) keeps time in whole milliseconds: a timeout at the deadline may fire with the loop's
+# clock up to a millisecond short of it (a client's 300 ms deadline was once answered "busy" for that).
+TIMER_SLACK_S = 0.01
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext
 
@@ -157,7 +160,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 answer = await pipeline.answer_arrays(list(call.tensor.pixels), deadline)  # type: ignore[arg-type]
         except BusyError as exc:
-            if the_clients and asyncio.get_running_loop().time() >= deadline:
+            if the_clients and asyncio.get_running_loop().time() >= deadline - TIMER_SLACK_S:
                 raise RequestTimeoutError(f"the call's deadline passed before it was answered ({exc})") from exc
             raise
         if version is not None and answer.model.version != version:
