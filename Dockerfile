@@ -47,7 +47,8 @@ COPY service ./service
 COPY models/model.onnx models/model.int8.onnx models/model.json ./models/
 
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (PORT); 8081: the Open Inference Protocol over gRPC and the gRPC health service (GRPC_PORT).
+EXPOSE 8000 8081
 # Ready means loaded and warmed; python's urllib needs no curl in the image.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/readyz\", timeout=2)"]

@@ -143,6 +143,9 @@ class Server:
         self.spec = spec
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
+        # Its own gRPC port too (GRPC_PORT's default is one fixed port, which parallel servers would share).
+        self.grpc_port = int(spec.env.get("GRPC_PORT", free_port()))
+        self.grpc_target = f"{HOST}:{self.grpc_port}"
         self.log_path = log_dir / f"{spec.name}.log"
         self._ready_timeout_s = ready_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -182,7 +185,10 @@ class Server:
 
     def spawn(self) -> Self:
         command = [*self.spec.command, *(["--port", str(self.port)] if self.spec.uvicorn_cli else [])]
-        env = {**inherited_env(), "PYTHONUNBUFFERED": "1", **self.spec.env, "PORT": str(self.port)}
+        env = {
+            **inherited_env(), "PYTHONUNBUFFERED": "1", **self.spec.env, "PORT": str(self.port),
+            "GRPC_PORT": str(self.grpc_port),
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._spawned_at = time.perf_counter()
         with self.log_path.open("wb") as log:

@@ -98,13 +98,18 @@ class ServerSettings(BaseSettings):
     # This machine only unless asked; the Docker image sets HOST=0.0.0.0 (its port is published instead).
     host: str = Field("127.0.0.1", description="the interface uvicorn listens on; 0.0.0.0 for every interface")
     port: int = Field(8000, ge=1, le=65535, description="the port uvicorn listens on")
+    # KServe's model server takes 8081 for gRPC beside 8080 for REST; 8081 beside PORT's 8000 here.
+    grpc_enabled: bool = Field(True, description="serve the Open Inference Protocol over gRPC (and gRPC health)")
+    grpc_port: int = Field(8081, ge=1, le=65535, description="the port the gRPC door listens on, on HOST")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="the service's and uvicorn's log level; debug adds the access log"
     )
     graceful_shutdown_s: float = Field(
         8.0, gt=0, description="time in-flight requests get after SIGTERM; under docker stop's 10 s"
     )
-    api_key: SecretStr | None = Field(None, description="when set, /predict, /explain, /v2 infer and /admin need it")
+    api_key: SecretStr | None = Field(
+        None, description="when set, /predict, /explain, /v2 infer, gRPC ModelInfer and /admin need it"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS; none by default"
     )

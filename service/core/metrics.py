@@ -1,6 +1,7 @@
 """Prometheus metrics, one registry per app so tests can build several apps in one process.
 
-The HTTP series are recorded by `service.edge.metrics_middleware` at the edge; the rest by the pipeline."""
+The HTTP series are recorded by `service.edge.metrics_middleware` at the edge, the gRPC ones by the gRPC door
+(`service.edge.grpc.servicer`); the rest by the pipeline."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ class Metrics:
         self.latency = Histogram(
             "http_request_duration_seconds", "Time from request start to response end",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        # Labelled by the protocol's method names and gRPC's code names: both sets are fixed, so bounded.
+        self.grpc_requests = Counter(
+            "grpc_requests_total", "gRPC calls by method and status code", ["method", "code"], registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "grpc_request_duration_seconds", "Time from a gRPC call's start to its answer",
+            ["method"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.images = Counter(
             "images_predicted_total", "Images that got a prediction", registry=self.registry

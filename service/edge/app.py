@@ -21,6 +21,7 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
+from service.edge.grpc.door import GrpcDoor
 from service.edge.headers import SecurityHeaders
 from service.edge.limits import BodySizeLimit
 from service.edge.metrics_middleware import MetricsMiddleware
@@ -31,9 +32,14 @@ log = logging.getLogger("service")
 EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, pipeline: Pipeline | None = None, *, warm_up_s: float | None = None,
+    grpc_door: GrpcDoor | None = None,
+) -> FastAPI:
     """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`.
-    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does."""
+    `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does.
+    `grpc_door`: served beside HTTP over the same pipeline, started and stopped by the lifespan (`python -m
+    service` hands one in when GRPC_ENABLED; tests and the Ray ingress serve HTTP only)."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
 
     @asynccontextmanager
@@ -65,14 +71,19 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
             serving.model.describe_path(), serving.limits.as_dict(),
         )
         if settings.host in EVERY_INTERFACE and settings.api_key is None:
+            ports = f"{settings.port}" + (f" or {settings.grpc_port} (gRPC)" if grpc_door is not None else "")
             log.warning(
-                "listening on every interface (HOST=%s) without an API key: anyone who can reach port %d can "
+                "listening on every interface (HOST=%s) without an API key: anyone who can reach port %s can "
                 "use the model; set API_KEY, or HOST=127.0.0.1 to serve this machine only",
-                settings.host, settings.port,
+                settings.host, ports,
             )
         try:
+            if grpc_door is not None:
+                await grpc_door.start(serving, app.version)
             yield {"pipeline": serving}
         finally:
+            if grpc_door is not None:
+                await grpc_door.stop()  # before the pipeline: its calls in flight are answered first
             await serving.stop()
             log.info("stopped after answering every admitted request")
 

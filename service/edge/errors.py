@@ -1,9 +1,10 @@
-"""The HTTP edge's one table of errors -> status codes, for every door, and the handlers that answer them.
+"""The edge's one table of errors -> status codes, for every door, and the HTTP handlers that answer them.
 
-Two protocols share the table: the service's own routes answer `{"detail": message}`, the Open Inference
-Protocol's paths under /v2 answer `{"error": message}` (what tritonclient and KServe read). Where the two
-protocols' statuses differ the row says so. Expected failures become JSON a person can act on; unexpected
-ones a generic 500 that leaks nothing.
+Three protocols share the table: the service's own routes answer `{"detail": message}`, the Open Inference
+Protocol's paths under /v2 answer `{"error": message}` (what tritonclient and KServe read), and its gRPC door
+(`service.edge.grpc`) answers the row's gRPC status code with the message as its details. Where the HTTP
+protocols' statuses differ the row says so. Expected failures become answers a person can act on; unexpected
+ones a generic 500 (gRPC: INTERNAL) that leaks nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -48,31 +50,35 @@ V2_PREFIX = "/v2"
 class Rule:
     kind: type[Exception]
     status: int
-    v2_status: int | None = None  # the Open Inference Protocol's status, where it differs
+    grpc: grpc.StatusCode  # the gRPC door's code
+    v2_status: int | None = None  # the Open Inference Protocol's HTTP status, where it differs
 
 
-# Most specific first: the first class the error is an instance of decides.
+_C = grpc.StatusCode
+# Most specific first: the first class the error is an instance of decides. gRPC: a size over a limit is
+# RESOURCE_EXHAUSTED, as gRPC itself answers a message over its size limit; every other bad request
+# INVALID_ARGUMENT (gRPC has no 415 or 422); busy or not ready UNAVAILABLE, the code its clients retry.
 STATUS_FOR: tuple[Rule, ...] = (
-    Rule(ImageTooLargeError, 413),
-    Rule(UnsupportedImageFormatError, 415),
-    Rule(ImageError, 400),
-    Rule(PayloadTooLargeError, 413),
-    Rule(UnsupportedMediaTypeError, 415),
-    Rule(MalformedRequestError, 400),
+    Rule(ImageTooLargeError, 413, _C.RESOURCE_EXHAUSTED),
+    Rule(UnsupportedImageFormatError, 415, _C.INVALID_ARGUMENT),
+    Rule(ImageError, 400, _C.INVALID_ARGUMENT),
+    Rule(PayloadTooLargeError, 413, _C.RESOURCE_EXHAUSTED),
+    Rule(UnsupportedMediaTypeError, 415, _C.INVALID_ARGUMENT),
+    Rule(MalformedRequestError, 400, _C.INVALID_ARGUMENT),
     # FastAPI's convention for a well-formed request that is not valid; the protocol (and Triton) answer 400.
-    Rule(InvalidRequestError, 422, v2_status=400),
-    Rule(RequestValidationError, 422, v2_status=400),
-    Rule(RequestTimeoutError, 408),
-    Rule(UnauthorizedError, 401),
-    Rule(ForbiddenError, 403),
-    Rule(NotFoundError, 404),
-    Rule(ReloadRefusedError, 409),
-    Rule(RequestError, 400),
-    Rule(BusyError, 503),
-    Rule(NotReadyError, 503),
-    Rule(StoreUnavailableError, 503),
+    Rule(InvalidRequestError, 422, _C.INVALID_ARGUMENT, v2_status=400),
+    Rule(RequestValidationError, 422, _C.INVALID_ARGUMENT, v2_status=400),
+    Rule(RequestTimeoutError, 408, _C.DEADLINE_EXCEEDED),
+    Rule(UnauthorizedError, 401, _C.UNAUTHENTICATED),
+    Rule(ForbiddenError, 403, _C.PERMISSION_DENIED),
+    Rule(NotFoundError, 404, _C.NOT_FOUND),
+    Rule(ReloadRefusedError, 409, _C.FAILED_PRECONDITION),
+    Rule(RequestError, 400, _C.INVALID_ARGUMENT),
+    Rule(BusyError, 503, _C.UNAVAILABLE),
+    Rule(NotReadyError, 503, _C.UNAVAILABLE),
+    Rule(StoreUnavailableError, 503, _C.UNAVAILABLE),
 )
-# Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S).
+# Statuses that tell the client to come back: they carry Retry-After (RETRY_AFTER_S; gRPC: trailing metadata).
 RETRYABLE = frozenset({503})
 
 
@@ -90,6 +96,14 @@ def status_for(exc: Exception, protocol: Protocol = "rest") -> int:
         if isinstance(exc, rule.kind):
             return rule.v2_status if protocol == "v2" and rule.v2_status is not None else rule.status
     raise LookupError(f"no HTTP status for {type(exc).__name__}")
+
+
+def grpc_code_for(exc: Exception) -> tuple[grpc.StatusCode, bool]:
+    """The gRPC door's code for an error of the table, and whether the client should retry (the retry hint)."""
+    for rule in STATUS_FOR:
+        if isinstance(exc, rule.kind):
+            return rule.grpc, rule.status in RETRYABLE
+    raise LookupError(f"no gRPC status for {type(exc).__name__}")
 
 
 def retry_headers(retry_after_s: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ Every start-up failure, at any stage (the settings, the port, the model's load o
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import signal
@@ -25,6 +26,7 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.app import create_app
+from service.edge.grpc.door import GrpcDoor
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
@@ -63,6 +65,38 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
+def check_grpc_port(settings: Settings) -> None:
+    """GRPC_PORT free, checked before the model loads as PORT is (the gRPC server itself binds it once the
+    event loop runs; were it taken by then, start-up still fails, after the load)."""
+    if not settings.grpc_enabled:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as exc:
+            cannot_start(
+                f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: {exc.strerror or exc} "
+                "(set GRPC_PORT, or GRPC_ENABLED=false)"
+            )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with the gRPC door's drain started when uvicorn starts its own: both doors drain at once, within
+    one GRACEFUL_SHUTDOWN_S (the lifespan's stop then waits for the same drain)."""
+
+    def __init__(self, config: uvicorn.Config, grpc_door: GrpcDoor | None) -> None:
+        super().__init__(config)
+        self.grpc_door = grpc_door
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc_door is not None:
+            self.grpc_door.drain()
+            await asyncio.sleep(0)  # the drain task's first step: the gRPC server stops taking calls now
+        await super().shutdown(sockets)
+
+
 def load_pipeline(settings: Settings) -> tuple[Pipeline, float]:
     """Loads and warms the model once, before uvicorn: (pipeline, warm-up seconds)."""
     try:
@@ -74,7 +108,7 @@ def load_pipeline(settings: Settings) -> tuple[Pipeline, float]:
         cannot_start(f"loading the model failed: {one_line(exc)}")
 
 
-def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+def serve(app: FastAPI, settings: Settings, sock: socket.socket, grpc_door: GrpcDoor | None = None) -> None:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -85,7 +119,7 @@ def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
         access_log=settings.log_level == "debug",
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, grpc_door)
     # uvicorn names the address only for sockets it binds itself.
     host, port = sock.getsockname()[:2]
     logging.getLogger("service").info("listening on http://%s:%d", host, port)
@@ -97,12 +131,14 @@ def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
 def main() -> None:
     settings = read_settings()
     sock = bind(settings)
+    check_grpc_port(settings)
     pipeline, warm_up_s = load_pipeline(settings)
-    app = create_app(settings, pipeline, warm_up_s=warm_up_s)
+    grpc_door = GrpcDoor(settings) if settings.grpc_enabled else None
+    app = create_app(settings, pipeline, warm_up_s=warm_up_s, grpc_door=grpc_door)
     # uvicorn handles SIGTERM itself (graceful shutdown), then restores this handler and raises the
     # signal again: a stop after every admitted request was answered exits 0, not 143.
     signal.signal(signal.SIGTERM, _stopped)
-    serve(app, settings, sock)
+    serve(app, settings, sock, grpc_door)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,12 @@ def test_the_prediction_log_is_off_or_shared_by_every_replica(
 def test_probes_and_port_match_the_service(base: dict[str, dict[str, Any]]) -> None:
     pod = base["Deployment"]["spec"]["template"]["spec"]
     main = container(pod)
-    assert main["ports"] == [{"name": "http", "containerPort": Settings().port}]
+    assert main["ports"] == [
+        {"name": "http", "containerPort": Settings().port}, {"name": "grpc", "containerPort": Settings().grpc_port}
+    ]
+    service_ports = {port["name"]: port for port in base["Service"]["spec"]["ports"]}
+    assert service_ports["grpc"]["targetPort"] == "grpc"
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert main["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -177,6 +182,9 @@ def test_inference_service_speaks_v2_through_the_runtime(
     assert served["image"] == plain["image"]
     assert served["resources"] == plain["resources"]
     assert served["ports"][0]["containerPort"] == Settings().port
+    # gRPC: KServe sends protocolVersion grpc-v2 to the port named h2c.
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    assert {port.get("name"): port["containerPort"] for port in served["ports"]}["h2c"] == Settings().grpc_port
     uid, gid = dockerfile_user()
     assert (runtime["spec"]["securityContext"]["runAsUser"], runtime["spec"]["securityContext"]["runAsGroup"]) == (
         uid, gid,

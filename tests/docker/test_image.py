@@ -236,6 +236,26 @@ def test_predict_answers_like_the_in_process_service(served: Container, in_proce
     assert_same_answer(got, predict(in_process, "/predict", filename))
 
 
+GRPC_CHECK = """
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service.edge.grpc import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+with grpc.insecure_channel("127.0.0.1:8081") as channel:
+    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    ready = pb_grpc.GRPCInferenceServiceStub(channel).ServerReady(pb.ServerReadyRequest(), timeout=5)
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(check.status), ready.ready)
+"""
+
+
+def test_the_image_exposes_and_serves_grpc_on_8081(image: str, served: Container) -> None:
+    exposed = docker("image", "inspect", "-f", "{{json .Config.ExposedPorts}}", image).stdout
+    assert '"8081/tcp"' in exposed
+    assert '"8000/tcp"' in exposed
+    result = served.exec("python", "-c", GRPC_CHECK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SERVING", "True"]
+
+
 def test_container_runs_as_a_non_root_user(served: Container) -> None:
     uid = served.exec("id", "-u")
     assert uid.returncode == 0, uid.stderr

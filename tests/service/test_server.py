@@ -55,7 +55,7 @@ def test_starting_the_service_loads_and_warms_the_model_exactly_once(
         warm_ups.append(batch_sizes)
         return real_warm_up(self, batch_sizes)
 
-    def serve_once(app: object, settings: object, sock: socket.socket) -> None:
+    def serve_once(app: object, settings: object, sock: socket.socket, grpc_door: object) -> None:
         # Stands in for uvicorn: runs the lifespan and one request, as uvicorn would on the bound socket.
         sock.close()
         with TestClient(app) as client:  # type: ignore[arg-type]
@@ -67,6 +67,7 @@ def test_starting_the_service_loads_and_warms_the_model_exactly_once(
     monkeypatch.setenv("MODEL_PATH", str(tiny_model_path))
     monkeypatch.setenv("HOST", "127.0.0.1")
     monkeypatch.setenv("PORT", str(free_port()))
+    monkeypatch.setenv("GRPC_PORT", str(free_port()))
     entry.main()
     assert loads == [tiny_model_path]
     assert len(warm_ups) == 1

@@ -5,40 +5,49 @@ from __future__ import annotations
 import pytest
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
+from grpc import StatusCode
 
 from service.core import failures
 from service.core.explain import OcclusionParameterError
 from service.core.preprocessing import ImageError, ImageTooLargeError, UnsupportedImageFormatError
-from service.edge.errors import STATUS_FOR, error_key_for, protocol_for, status_for
+from service.edge.errors import STATUS_FOR, error_key_for, grpc_code_for, protocol_for, status_for
 from service.edge.routes.v2.codec import TensorError, TensorTooLargeError
 
 EXPECTED = [
-    (ImageTooLargeError("x"), 413, 413),
-    (UnsupportedImageFormatError("x"), 415, 415),
-    (ImageError("x"), 400, 400),
-    (TensorTooLargeError("x"), 413, 413),
-    (TensorError("x"), 400, 400),
-    (failures.PayloadTooLargeError("x"), 413, 413),
-    (failures.UnsupportedMediaTypeError("x"), 415, 415),
-    (failures.MalformedRequestError("x"), 400, 400),
-    (failures.RequestError("x"), 400, 400),
-    (failures.InvalidRequestError("x"), 422, 400),
-    (OcclusionParameterError("x"), 422, 400),
-    (RequestValidationError([]), 422, 400),
-    (failures.RequestTimeoutError("x"), 408, 408),
-    (failures.UnauthorizedError("x"), 401, 401),
-    (failures.ForbiddenError("x"), 403, 403),
-    (failures.NotFoundError("x"), 404, 404),
-    (failures.ReloadRefusedError("x"), 409, 409),
-    (failures.OverloadedError("x"), 503, 503),
-    (failures.BusyError("x"), 503, 503),
-    (failures.NotReadyError("x"), 503, 503),
+    (ImageTooLargeError("x"), 413, 413, StatusCode.RESOURCE_EXHAUSTED),
+    (UnsupportedImageFormatError("x"), 415, 415, StatusCode.INVALID_ARGUMENT),
+    (ImageError("x"), 400, 400, StatusCode.INVALID_ARGUMENT),
+    (TensorTooLargeError("x"), 413, 413, StatusCode.RESOURCE_EXHAUSTED),
+    (TensorError("x"), 400, 400, StatusCode.INVALID_ARGUMENT),
+    (failures.PayloadTooLargeError("x"), 413, 413, StatusCode.RESOURCE_EXHAUSTED),
+    (failures.UnsupportedMediaTypeError("x"), 415, 415, StatusCode.INVALID_ARGUMENT),
+    (failures.MalformedRequestError("x"), 400, 400, StatusCode.INVALID_ARGUMENT),
+    (failures.RequestError("x"), 400, 400, StatusCode.INVALID_ARGUMENT),
+    (failures.InvalidRequestError("x"), 422, 400, StatusCode.INVALID_ARGUMENT),
+    (OcclusionParameterError("x"), 422, 400, StatusCode.INVALID_ARGUMENT),
+    (RequestValidationError([]), 422, 400, StatusCode.INVALID_ARGUMENT),
+    (failures.RequestTimeoutError("x"), 408, 408, StatusCode.DEADLINE_EXCEEDED),
+    (failures.UnauthorizedError("x"), 401, 401, StatusCode.UNAUTHENTICATED),
+    (failures.ForbiddenError("x"), 403, 403, StatusCode.PERMISSION_DENIED),
+    (failures.NotFoundError("x"), 404, 404, StatusCode.NOT_FOUND),
+    (failures.ReloadRefusedError("x"), 409, 409, StatusCode.FAILED_PRECONDITION),
+    (failures.OverloadedError("x"), 503, 503, StatusCode.UNAVAILABLE),
+    (failures.BusyError("x"), 503, 503, StatusCode.UNAVAILABLE),
+    (failures.NotReadyError("x"), 503, 503, StatusCode.UNAVAILABLE),
 ]
 
 
-@pytest.mark.parametrize(("error", "rest", "v2"), EXPECTED, ids=[type(e[0]).__name__ for e in EXPECTED])
-def test_each_error_has_one_status_per_protocol(error: Exception, rest: int, v2: int) -> None:
+@pytest.mark.parametrize(("error", "rest", "v2", "grpc"), EXPECTED, ids=[type(e[0]).__name__ for e in EXPECTED])
+def test_each_error_has_one_status_per_protocol(error: Exception, rest: int, v2: int, grpc: StatusCode) -> None:
     assert (status_for(error, "rest"), status_for(error, "v2")) == (rest, v2)
+
+
+@pytest.mark.parametrize(("error", "rest", "v2", "grpc"), EXPECTED, ids=[type(e[0]).__name__ for e in EXPECTED])
+def test_each_error_has_one_grpc_code_and_only_503s_ask_for_a_retry(
+    error: Exception, rest: int, v2: int, grpc: StatusCode
+) -> None:
+    assert grpc_code_for(error) == (grpc, rest == 503)
+    assert grpc not in (StatusCode.UNKNOWN, StatusCode.INTERNAL)
 
 
 def test_every_service_error_class_is_in_the_table() -> None:

@@ -180,37 +180,79 @@ def _first_error(exc: ValidationError) -> str:
 def read_input(parsed: ParsedRequest, limits: Limits) -> ModelInput:
     """The request's one input, decoded and checked against the model's signature and the limits."""
     inputs = parsed.request.inputs
-    names = ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in INPUTS)
     if len(inputs) != 1:
-        raise TensorError(f"send exactly one input, not {len(inputs)}: {names}")
+        raise one_input_error(len(inputs))
     tensor = inputs[0]
-    spec = next((s for s in INPUTS if s.name == tensor.name), None)
-    if spec is None:
-        raise TensorError(f"the model has no input '{tensor.name}': its inputs are {names}")
-    if tensor.datatype != spec.datatype:
-        raise TensorError(f"input '{spec.name}' must be {spec.datatype}, not {tensor.datatype}")
-    count = _element_count(tensor, spec, limits)
+    spec = signature_of(tensor.name, tensor.datatype)
+    count = element_count(tensor.shape, spec, limits)
     binary = parsed.binary.get(0)
     if binary is not None and tensor.data is not None:
         raise TensorError(f"input '{spec.name}' has both 'data' and binary_data_size: send one of them")
     if binary is None and tensor.data is None:
         raise TensorError(f"input '{spec.name}' has no data: send 'data' or binary data with binary_data_size")
+    if binary is not None:
+        return read_raw(spec, tensor.shape, binary, limits)
     if spec is IMAGE_BYTES:
-        if binary is not None:
-            images = _bytes_from_binary(binary, count, spec.name, limits.max_item_bytes)
-        else:
-            images = _bytes_from_json(tensor.data or [], count, spec.name, limits.max_item_bytes)
-        return ModelInput(images=images)
-    values = _fp32_from_binary(binary, count, spec.name) if binary is not None else _fp32_from_json(tensor, count)
-    return ModelInput(pixels=_checked_pixels(values.reshape(tensor.shape), spec.name))
+        return ModelInput(images=_bytes_from_json(tensor.data or [], count, spec.name, limits.max_item_bytes))
+    return ModelInput(pixels=_checked_pixels(_fp32_from_json(tensor, count).reshape(tensor.shape), spec.name))
 
 
-def _element_count(tensor: RequestInput, spec: Signature, limits: Limits) -> int:
-    shape = tensor.shape
+def _input_names() -> str:
+    return ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in INPUTS)
+
+
+def one_input_error(count: int) -> TensorError:
+    return TensorError(f"send exactly one input, not {count}: {_input_names()}")
+
+
+def signature_of(name: str, datatype: str) -> Signature:
+    """The model's input of that name, if the datatype is its own."""
+    spec = next((s for s in INPUTS if s.name == name), None)
+    if spec is None:
+        raise TensorError(f"the model has no input '{name}': its inputs are {_input_names()}")
+    if datatype != spec.datatype:
+        raise TensorError(f"input '{spec.name}' must be {spec.datatype}, not {datatype}")
+    return spec
+
+
+def read_raw(spec: Signature, shape: Sequence[int], data: bytes, limits: Limits) -> ModelInput:
+    """An input whose data is the protocol's raw layout (HTTP's binary data, gRPC's raw_input_contents):
+    little-endian FP32 values, or BYTES elements each a 4-byte little-endian length and then the bytes."""
+    count = element_count(shape, spec, limits)
+    if spec is IMAGE_BYTES:
+        return ModelInput(images=_bytes_from_binary(data, count, spec.name, limits.max_item_bytes))
+    return ModelInput(pixels=_checked_pixels(_fp32_from_binary(data, count, spec.name).reshape(shape), spec.name))
+
+
+def read_elements(spec: Signature, shape: Sequence[int], elements: Sequence[bytes], limits: Limits) -> ModelInput:
+    """A BYTES input given element by element (gRPC's typed `bytes_contents`)."""
+    count = element_count(shape, spec, limits)
+    if len(elements) != count:
+        raise TensorError(f"input '{spec.name}' has shape {list(shape)} but its contents hold {len(elements)} elements")
+    for index, element in enumerate(elements):
+        if len(element) > limits.max_item_bytes:
+            raise _too_large(spec.name, index, len(element), limits.max_item_bytes)
+    return ModelInput(images=list(elements))
+
+
+def read_values(spec: Signature, shape: Sequence[int], values: np.ndarray, limits: Limits) -> ModelInput:
+    """An FP32 input given as typed values (gRPC's `fp32_contents`), flat, in row-major order."""
+    count = element_count(shape, spec, limits)
+    if values.size != count:
+        raise TensorError(
+            f"input '{spec.name}' has shape {list(shape)} ({count} values) but its contents hold {values.size}"
+        )
+    return ModelInput(pixels=_checked_pixels(values.astype(np.float32, copy=False).reshape(shape), spec.name))
+
+
+def element_count(shape: Sequence[int], spec: Signature, limits: Limits) -> int:
+    """The elements a tensor of this shape holds, once the shape fits the signature and MAX_FILES."""
     if len(shape) != len(spec.shape) or any(
         want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
     ):
-        raise TensorError(f"input '{spec.name}' must have shape {list(spec.shape)} (-1: any batch), not {shape}")
+        raise TensorError(
+            f"input '{spec.name}' must have shape {list(spec.shape)} (-1: any batch), not {list(shape)}"
+        )
     batch = shape[0]
     if batch < 1:
         raise TensorError(f"input '{spec.name}' has batch size {batch}: send at least one image")
@@ -343,21 +385,35 @@ def choose_outputs(request: InferenceRequest) -> list[OutputChoice]:
     default = bool(request.parameters and request.parameters.binary_data_output)
     if request.outputs is None:
         return [OutputChoice(spec, default) for spec in OUTPUTS]
-    by_name = {spec.name: spec for spec in OUTPUTS}
+    specs = outputs_named([wanted.name for wanted in request.outputs])
     choices = []
-    named: set[str] = set()
-    for wanted in request.outputs:
-        spec = by_name.get(wanted.name)
-        if spec is None:
-            raise TensorError(f"the model has no output '{wanted.name}': its outputs are {sorted(by_name)}")
-        # The protocol does not define a repeated output name: it is a client's mistake, and answering each
-        # copy (2,000 of them were sent) would only multiply the response.
-        if wanted.name in named:
-            raise TensorError(f"output '{wanted.name}' is requested more than once: name each output once")
-        named.add(wanted.name)
+    for spec, wanted in zip(specs, request.outputs, strict=True):
         binary = wanted.parameters.binary_data if wanted.parameters else None
         choices.append(OutputChoice(spec, default if binary is None else binary))
     return choices
+
+
+def outputs_named(names: Sequence[str]) -> list[Signature]:
+    """The model's outputs of these names, in this order; an unknown or repeated name is an error."""
+    by_name = {spec.name: spec for spec in OUTPUTS}
+    specs: list[Signature] = []
+    for name in names:
+        spec = by_name.get(name)
+        if spec is None:
+            raise TensorError(f"the model has no output '{name}': its outputs are {sorted(by_name)}")
+        # The protocol does not define a repeated output name: it is a client's mistake, and answering each
+        # copy (2,000 of them were sent) would only multiply the response.
+        if spec in specs:
+            raise TensorError(f"output '{name}' is requested more than once: name each output once")
+        specs.append(spec)
+    return specs
+
+
+def raw_output(spec: Signature, probabilities: Sequence[float], labels: Sequence[str]) -> tuple[list[int], bytes]:
+    """One output's shape and its data in the protocol's raw layout (as `read_raw` reads inputs)."""
+    if spec is PROBABILITY:
+        return [len(probabilities), 1], np.asarray(probabilities, dtype=_FP32).tobytes()
+    return [len(labels)], b"".join(_LENGTH_PREFIX.pack(len(item)) + item for item in (x.encode() for x in labels))
 
 
 @dataclass(frozen=True)
@@ -377,20 +433,14 @@ def encode_response(
     ids: Sequence[str] = (),
 ) -> EncodedResponse:
     """The response body: probability [N, 1] FP32 and label [N] BYTES, as the request chose them."""
-    count = len(probabilities)
     tensors = []
     blobs = []
     for choice in outputs:
         spec = choice.signature
+        shape, raw = raw_output(spec, probabilities, labels)
         if spec is PROBABILITY:
-            values = np.asarray(probabilities, dtype=_FP32)
-            shape = [count, 1]
-            raw = values.tobytes()
-            json_data: list[object] = [float(v) for v in values]
+            json_data: list[object] = [float(v) for v in np.asarray(probabilities, dtype=_FP32)]
         else:
-            encoded = [label.encode() for label in labels]
-            shape = [count]
-            raw = b"".join(_LENGTH_PREFIX.pack(len(item)) + item for item in encoded)
             json_data = list(labels)
         if choice.binary:
             blobs.append(raw)
