@@ -195,9 +195,18 @@ def test_cancelled_calls_leave_the_service_serving(server: Server, channel: grpc
     time.sleep(0.2)
     for call in calls:
         call.cancel()
+    ended: list[str] = []
     for call in calls:
-        with pytest.raises(grpc.FutureCancelledError):
+        try:
             call.result()
+            ended.append("answered")
+        except grpc.FutureCancelledError:
+            ended.append("cancelled")
+        except grpc.RpcError as exc:  # refused before the cancel: the decode budget or admission was full
+            ended.append(exc.code().name)
+    # Which calls finished or were refused before the cancel depends on the machine's speed; some are cancelled.
+    assert "cancelled" in ended, ended
+    assert set(ended) <= {"cancelled", "answered", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, ended
     assert_serving(server)
 
 

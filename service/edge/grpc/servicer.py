@@ -36,7 +36,7 @@ from service.edge.grpc import grpc_predict_v2_pb2 as pb
 from service.edge.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.edge.grpc import tensors
 from service.edge.routes.v2 import codec
-from service.edge.routes.v2.routes import EXTENSIONS, PLATFORM, SERVER_NAME, served
+from service.edge.routes.v2.routes import EXTENSIONS, SERVER_NAME, platform, served
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(
             name=model.classifier.metadata.name,
             versions=[model.version],
-            platform=PLATFORM,
+            platform=platform(model),
             inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in codec.INPUTS],
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in codec.OUTPUTS],
         )

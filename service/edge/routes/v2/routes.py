@@ -97,11 +97,16 @@ async def ready(request: Request) -> Readiness:
     return Readiness(ready=True)
 
 
+def platform(model: ServedModel) -> str:
+    """The protocol's `platform` for the engine that serves (both doors' metadata)."""
+    return PLATFORMS.get(model.classifier.engine.name, model.classifier.engine.name)
+
+
 def _metadata(model: ServedModel) -> ModelMetadata:
     return ModelMetadata(
         name=model.classifier.metadata.name,
         versions=[model.version],
-        platform=PLATFORMS.get(model.classifier.engine.name, model.classifier.engine.name),
+        platform=platform(model),
         inputs=[spec.metadata() for spec in codec.INPUTS],
         outputs=[spec.metadata() for spec in codec.OUTPUTS],
     )
