@@ -40,14 +40,17 @@ DECODE_BUDGET_BYTES = 256 * 1024 * 1024
 Code = grpc.StatusCode
 
 
-def slow_png() -> bytes:
-    """A 16-megapixel gray PNG of 24 KB: ~0.2 s to decode, so a call with a few is still running when acted on."""
+def slow_png(side: int = 4000) -> bytes:
+    """A gray PNG of side x side pixels: at 4000 (16 MP, 24 KB) ~0.2 s to decode, so a call with a few is still
+    running when acted on; at 6000 (36 MP, 48 KB) ~0.5-1.5 s, for the tests where one call must outlast a
+    deadline or the next call on an idle machine too."""
     out = io.BytesIO()
-    Image.new("L", (4000, 4000), 120).save(out, "PNG")
+    Image.new("L", (side, side), 120).save(out, "PNG")
     return out.getvalue()
 
 
 SLOW = slow_png()
+SLOWER = slow_png(6000)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +178,7 @@ def test_a_busy_answer_is_unavailable_with_a_retry_hint(tiny_model_path: Path, t
         server.wait_ready(timeout_s=90.0)
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            slow = stub.ModelInfer.future(infer(raw=[length_prefixed(SLOW)]), timeout=30)
+            slow = stub.ModelInfer.future(infer(raw=[length_prefixed(SLOWER)]), timeout=30)
             time.sleep(0.1)
             with pytest.raises(grpc.RpcError) as busy:
                 stub.ModelInfer(infer(raw=[length_prefixed(PNG)]), timeout=30)
@@ -214,7 +217,7 @@ def test_cancelled_calls_leave_the_service_serving(server: Server, channel: grpc
 def test_an_expired_deadline_is_deadline_exceeded(server: Server, channel: grpc.Channel, timeout_s: float) -> None:
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
-        stub.ModelInfer(infer(shape=[3], raw=[length_prefixed(SLOW, SLOW, SLOW)]), timeout=timeout_s)
+        stub.ModelInfer(infer(shape=[3], raw=[length_prefixed(SLOWER, SLOWER, SLOWER)]), timeout=timeout_s)
     assert info.value.code() == Code.DEADLINE_EXCEEDED
     assert_serving(server)
 
