@@ -79,7 +79,7 @@ def read_arrays(path: Path) -> Prepared:
     with np.load(path, allow_pickle=False) as f:
         meta = json.loads(str(f["meta"]))
         if meta.get("format") != FORMAT:
-            raise ArraysError(f"{path} is not a {FORMAT} file; write it again with training.accelerator.prepare")
+            raise ArraysError(f"{path} was not written by training.accelerator.prepare ({FORMAT}); write it again")
         x = f["x"]
         if x.ndim == 3:
             x = x[..., None]

@@ -66,7 +66,8 @@ def test_search_runs_on_jax_without_tensorflow_and_keeps_the_leaders_files(prepa
     best = max(results["recipes"], key=lambda r: (r["pooled"]["accuracy"], -r["pooled"]["log_loss"]))
     assert results["winner"] == best["name"]
     for fold in (1, 2):
-        assert (out / f"fold-{fold}.weights.h5").read_bytes() == (work / best["name"] / f"fold-{fold}.weights.h5").read_bytes()
+        leader = work / best["name"] / f"fold-{fold}.weights.h5"
+        assert (out / f"fold-{fold}.weights.h5").read_bytes() == leader.read_bytes()
     assert results["final"]["status"] == "complete"
     assert (out / "final.weights.h5").is_file()
     assert "pooled out-of-fold accuracy" in (out / "search.log").read_text()
