@@ -22,7 +22,17 @@ def _coin(shape: tuple, seed: keras.random.SeedGenerator) -> object:
     return keras.random.uniform(shape, seed=seed) < 0.5
 
 
-class RandomSymmetry(layers.Layer):
+class _Float32Layer(layers.Layer):
+    """Computes in float32 whatever the global policy: under mixed bfloat16 a resampled gray level would be
+    rounded to bfloat16's 8 significant bits before the model sees it, and TensorFlow refuses to mix the types.
+    The model after it casts to its own compute type."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+
+class RandomSymmetry(_Float32Layer):
     """Random horizontal and vertical flips of each image; with `quarter_turns` also a random transpose,
     which with the flips gives all 8 symmetries of the square (every quarter turn, mirrored or not).
 
@@ -49,7 +59,7 @@ class RandomSymmetry(layers.Layer):
         return {**super().get_config(), "quarter_turns": self.quarter_turns, "seed": self.seed}
 
 
-class RandomSmallAffine(layers.Layer):
+class RandomSmallAffine(_Float32Layer):
     """A small random rotation (+-degrees), zoom (x[1-zoom, 1+zoom]) and shift (+-shift of the side) of
     each image, about its centre, in one bilinear resampling (three separate layers would blur three
     times); the border is reflected, so no black corners the service never sends."""
@@ -96,7 +106,7 @@ class RandomSmallAffine(layers.Layer):
         }
 
 
-class RandomExposure(layers.Layer):
+class RandomExposure(_Float32Layer):
     """Mild photometric jitter on raw 0-255 pixels, as training.fit's `jitter`: contrast x[1-s, 1+s] about
     each image's mean, then brightness +-s*255/2, clipped to the pixel range the service can send. EL images
     differ in exposure and gain between modules and cameras, not in content."""

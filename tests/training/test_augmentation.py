@@ -97,3 +97,23 @@ def test_mixup_mixes_pixels_and_targets_with_the_same_weights() -> None:
     assert not np.allclose(mixed_y, targets), "nothing was mixed"
     assert mixed_y.min() >= targets.min() - 1e-6
     assert mixed_y.max() <= targets.max() + 1e-6
+
+
+def test_augmentation_stays_float32_under_mixed_precision() -> None:
+    import keras
+
+    from training.augmentation import make_augmentation
+
+    x = asymmetric(4)
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        augmentation = make_augmentation(quarter_turns=True, degrees=5.0, shift=0.05, zoom=0.05, jitter=0.1, seed=0)
+        out = augmentation(x, training=True)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    high = np.asarray(out)[(np.asarray(out) > 130) & (np.asarray(out) < 250)]
+    # bfloat16 keeps 8 significant bits: between 128 and 256 it holds whole gray levels only
+    assert (np.abs(high - np.round(high)) > 0.01).mean() > 0.5

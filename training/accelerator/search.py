@@ -183,20 +183,21 @@ def _roc_auc(y: np.ndarray, probability: np.ndarray) -> float | None:
 
 
 class Budget:
-    """Seconds left, and whether a piece of work of a given size is expected to fit, from the seconds per
-    image-epoch the finished fits took (start-up and compilation included, so the estimate is cautious)."""
+    """Seconds left, and whether a piece of work of a given size is expected to fit, from the mean seconds per
+    image-epoch of the finished fits. Each recipe's first fold also compiles its graph (the later ones find it
+    in XLA's cache), so the mean carries one compilation per recipe, as the work to come does."""
 
     def __init__(self, seconds: float, clock: object = time.monotonic) -> None:
         self.clock = clock
         self.deadline = clock() + seconds
-        self.per_image_epoch: float | None = None
+        self.rates: list[float] = []
 
     def record(self, seconds: float, images: int, epochs: int) -> None:
-        rate = seconds / max(images * epochs, 1)
-        self.per_image_epoch = rate if self.per_image_epoch is None else max(self.per_image_epoch, rate)
+        self.rates.append(seconds / max(images * epochs, 1))
 
     def estimate(self, images: int, epochs: int) -> float:
-        return 0.0 if self.per_image_epoch is None else self.per_image_epoch * images * epochs
+        """0 before any fit has finished: the first one always starts (and the deadline stops it if need be)."""
+        return float(np.mean(self.rates)) * images * epochs if self.rates else 0.0
 
     def left(self) -> float:
         return self.deadline - self.clock()

@@ -30,7 +30,8 @@ sys.meta_path.insert(0, Absent())
 sys.argv = ["search", *sys.argv[1:]]
 runpy.run_module("training.accelerator.search", run_name="__main__")
 """
-TINY = ["--epochs", "1", "--filters", "4,4,4", "--budget-s", "300"]
+# A budget far above need: this test is about what is written, not about the pace of a shared CPU.
+TINY = ["--epochs", "1", "--filters", "4,4,4", "--budget-s", "3600"]
 
 
 def test_search_runs_on_jax_without_tensorflow_and_keeps_the_leaders_files(prepared_toy: Path, tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_search_runs_on_jax_without_tensorflow_and_keeps_the_leaders_files(prepa
     run = subprocess.run(
         [sys.executable, "-c", AS_ON_THE_ACCELERATOR, "--data", str(prepared_toy), "--out", str(out),
          "--work", str(work), "--recipes", recipes, *TINY],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -105,8 +106,8 @@ def test_budget_starts_only_what_its_measured_rate_says_will_fit() -> None:
     assert budget.estimate(1000, 10) == pytest.approx(20.0)
     assert budget.fits(70.0)
     assert not budget.fits(70.1)
-    budget.record(seconds=40.0, images=1000, epochs=10)  # a slower fit: the estimate takes the slower rate
-    assert budget.estimate(500, 10) == pytest.approx(20.0)
+    budget.record(seconds=40.0, images=1000, epochs=10)  # a slower fit (a first fold compiles): the mean rate
+    assert budget.estimate(500, 10) == pytest.approx(15.0)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
