@@ -33,6 +33,9 @@ DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux
 # Keras 3's requirements the accelerator's image does not have, at the versions installed here (so the
 # search runs there on the Keras the tests ran here).
 MISSING_THERE = ("keras", "namex", "optree")
+# What its image has of what keras and the search need (the device tool's package list, read 2026-11-17).
+THERE_ALREADY = frozenset({"absl-py", "numpy", "rich", "h5py", "ml-dtypes", "packaging", "typing-extensions",
+                           "scikit-learn", "matplotlib", "jax", "jaxlib"})  # fmt: skip
 
 
 def write_elpv(path: Path, folds: int, seed: int, test_fraction: float) -> str:
