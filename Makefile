@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve samples train-deps test train train-cv bench docker-build clean
+.PHONY: serve samples train-deps test train train-cv accelerator-prepare accelerator-bring-back bench docker-build clean
 
 $(VENV)/.serve-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ train-cv: $(VENV)/.dev-installed  ## cross-validated recipe into build/cv5 (mode
 	$(PY) -m training --cv 5 --epochs 40 --lr-schedule cosine --warmup-epochs 2 --ema --ema-momentum 0.995 \
 	  --mixed-precision --tta --int8 --compare-with models/model.onnx \
 	  --checkpoint-dir models/checkpoints/cv5 --out build/cv5 $(RESUME)
+
+# The recipe search on a lent GPU (docs/accelerator.md): prepare here, run there (the device tool), bring back here.
+accelerator-prepare: $(VENV)/.dev-installed  ## ELPV non-test arrays + the wheels the GPU machine lacks, into build/accelerator
+	$(PY) -m training.accelerator.prepare
+
+accelerator-bring-back: $(VENV)/.dev-installed  ## the search's weights (build/accelerator/results) -> ONNX, card table, verdict
+	$(PY) -m training.accelerator.bring_back --results build/accelerator/results --out build/accelerator/model
 
 bench: $(VENV)/.dev-installed  ## the benchmark table (see BENCHMARKS.md); BENCH_ARGS=--quick for a smoke run
 	@command -v wrk >/dev/null 2>&1 || { \

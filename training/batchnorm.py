@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 
 def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 32) -> int:
     """Sets every BatchNormalization layer's moving statistics to the exact per-channel mean and
     variance of its input over `x`, layer by layer in order; returns how many layers changed.
 
-    Per batch, TensorFlow reduces the (batch, 98, 98, 512) first-block activations to per-channel
-    moments in float32 (a float64 copy of them is 2.5 GB per 64 images); the batches' moments are
-    then pooled in float64 (Chan et al.'s parallel variance), which needs no E[x^2] - E[x]^2.
+    Per batch, the backend (Keras ops only: TensorFlow here, JAX on the accelerator) reduces the
+    (batch, 98, 98, 512) first-block activations to per-channel moments in float32 (a float64 copy
+    of them is 2.5 GB per 64 images); the batches' moments are then pooled in float64 (Chan et al.'s
+    parallel variance), which needs no E[x^2] - E[x]^2.
     """
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
-        probe = keras.Model(model.inputs, layer.input)
+        probe = keras.Model(model.input, layer.input)
         count = 0
         mean = variance = None
         for start in range(0, len(x), batch_size):
-            features = tf.cast(probe(x[start : start + batch_size], training=False), tf.float32)
-            axes = list(range(len(features.shape) - 1))
-            batch_mean, batch_variance = (np.asarray(m, np.float64) for m in tf.nn.moments(features, axes=axes))
+            features = ops.cast(probe(x[start : start + batch_size], training=False), "float32")
+            axes = tuple(range(len(features.shape) - 1))
+            batch_mean, batch_variance = (
+                ops.convert_to_numpy(m).astype(np.float64) for m in ops.moments(features, axes=axes)
+            )
             batch_count = int(np.prod(features.shape[:-1]))
             if mean is None:
                 mean, variance, count = batch_mean, batch_variance, batch_count

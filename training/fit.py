@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from training.batchnorm import recalibrate_batchnorm
 from training.data import LabelledImages
+from training.schedules import cosine_schedule
 from training.settings import RecipeSettings
 
 if TYPE_CHECKING:
@@ -131,26 +132,6 @@ def make_dataset(
     if jitter > 0:
         ds = ds.map(brightness_contrast_jitter(jitter), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def cosine_rate(epoch: int, initial: float, epochs: int, warmup_epochs: int = 0, floor: float = 1e-6) -> float:
-    """Linear warm-up to `initial` over `warmup_epochs`, then half a cosine down to `floor` at the last epoch."""
-    if epoch < warmup_epochs:
-        return initial * (epoch + 1) / (warmup_epochs + 1)
-    progress = min((epoch - warmup_epochs) / max(epochs - warmup_epochs - 1, 1), 1.0)
-    return floor + 0.5 * (initial - floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def cosine_schedule(
-    initial: float, epochs: int, floor: float = 1e-6, warmup_epochs: int = 0
-) -> keras.callbacks.Callback:
-    """Learning rate from `initial` down to `floor` along half a cosine over `epochs` (after any warm-up).
-
-    A function of the epoch index, so a resumed run picks the curve up where it stopped.
-    """
-    return keras.callbacks.LearningRateScheduler(
-        lambda epoch, _current: cosine_rate(epoch, initial, epochs, warmup_epochs, floor)
-    )
 
 
 @contextlib.contextmanager

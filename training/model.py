@@ -17,8 +17,10 @@ def make_model(
     input_shape: Sequence[int] = SEED_INPUT_SHAPE,
     filters: Sequence[int] = SEED_FILTERS,
     dropout: float = SEED_DROPOUT,
+    name: str = "seed_cnn",
 ) -> keras.Model:
-    """Conv(3x3) -> BatchNorm -> ReLU -> MaxPool(3x3) -> Dropout, once per filter count."""
+    """Conv(3x3) -> BatchNorm -> ReLU -> MaxPool(3x3) -> Dropout, once per filter count. `name` tells
+    models apart where several are combined (the fold ensemble)."""
     inputs = keras.Input(shape=tuple(input_shape), name="input")
     # Normalisation lives in the model, so the exported graph takes raw 0-255 pixels.
     x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
@@ -30,7 +32,7 @@ def make_model(
         x = layers.Dropout(dropout, name=f"dropout{block}")(x)
     x = layers.Flatten(name="flatten")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
-    return keras.Model(inputs, outputs, name="seed_cnn")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def compile_model(

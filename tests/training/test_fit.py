@@ -130,7 +130,7 @@ def test_augment_yields_every_allowed_transform_only_and_keeps_the_label(
 
 
 def test_cosine_schedule_falls_from_the_initial_rate_to_the_floor_and_resumes_by_epoch() -> None:
-    from training.fit import cosine_schedule
+    from training.schedules import cosine_schedule
 
     rate = cosine_schedule(4e-4, epochs=10, floor=1e-6).schedule
     rates = [rate(epoch, 0.0) for epoch in range(12)]
@@ -227,7 +227,7 @@ def test_jitter_changes_brightness_and_contrast_mildly_and_stays_in_pixel_range(
 
 
 def test_cosine_rate_warms_up_linearly_then_decays_to_the_floor() -> None:
-    from training.fit import cosine_rate
+    from training.schedules import cosine_rate
 
     rates = [cosine_rate(epoch, 1e-3, epochs=10, warmup_epochs=3, floor=1e-6) for epoch in range(10)]
 
