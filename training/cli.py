@@ -67,49 +67,49 @@ def _data_options(p: argparse.ArgumentParser, d: TrainSettings) -> None:
 
 def _fit_options(p: argparse.ArgumentParser, d: TrainSettings) -> None:
     fit = p.add_argument_group("fit")
-    fit.add_argument("--epochs", type=int, default=d.fit.epochs,
+    fit.add_argument("--epochs", type=int, default=d.recipe.epochs,
                      help="most epochs to run; early stopping may end sooner")
-    fit.add_argument("--batch-size", type=int, default=d.fit.batch_size, help="images per training step")
-    fit.add_argument("--learning-rate", type=float, default=d.fit.learning_rate, help="Adam's initial learning rate")
-    fit.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.fit.augment,
+    fit.add_argument("--batch-size", type=int, default=d.recipe.batch_size, help="images per training step")
+    fit.add_argument("--learning-rate", type=float, default=d.recipe.learning_rate, help="Adam's initial learning rate")
+    fit.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.recipe.augment,
                      help="random horizontal and vertical flips while training")
-    fit.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=d.fit.quarter_turns,
+    fit.add_argument("--quarter-turns", action=argparse.BooleanOptionalAction, default=d.recipe.quarter_turns,
                      help="also random 90-degree turns (off: ELPV busbars are horizontal)")
-    fit.add_argument("--lr-schedule", choices=("plateau", "cosine"), default=d.fit.lr_schedule,
+    fit.add_argument("--lr-schedule", choices=("plateau", "cosine"), default=d.recipe.lr_schedule,
                      help="plateau: halve the rate when validation loss stalls; cosine: decay from "
                           "--learning-rate to 1e-6 over --epochs")
-    fit.add_argument("--warmup-epochs", type=int, default=d.fit.warmup_epochs,
+    fit.add_argument("--warmup-epochs", type=int, default=d.recipe.warmup_epochs,
                      help="linear warm-up epochs before the cosine decay (--lr-schedule cosine)")
-    fit.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=d.fit.soft_targets,
+    fit.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=d.recipe.soft_targets,
                      help="fit the annotators' defect probability (ELPV: 0, 1/3, 2/3, 1) with binary "
                           "cross-entropy instead of the 0/1 label; a folder data set has only labels")
-    fit.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d.fit.ema,
+    fit.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d.recipe.ema,
                      help="keep an exponential moving average of the weights (Adam's use_ema) and end with it "
                           "(so no best-checkpoint picking or early stopping)")
-    fit.add_argument("--ema-momentum", type=float, default=d.fit.ema_momentum,
+    fit.add_argument("--ema-momentum", type=float, default=d.recipe.ema_momentum,
                      help="weight of the running average per step (0.995: about the last 200 steps)")
-    fit.add_argument("--jitter", type=float, default=d.fit.jitter,
+    fit.add_argument("--jitter", type=float, default=d.recipe.jitter,
                      help="brightness/contrast jitter: brightness +-J*255/2, contrast x[1-J, 1+J]; 0 = off, 0.1 mild")
     fit.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction,
-                     default=d.fit.recalibrate_batchnorm,
+                     default=d.recipe.recalibrate_batchnorm,
                      help="after the fit, measure BatchNorm statistics in inference mode on the training "
                           "images (always on with --cv)")
     fit.add_argument("--initial-weights", type=Path,
                      help="start from these weights (a best.weights.h5 of an earlier run) instead of "
                           "random ones")
-    fit.add_argument("--class-weight", action=argparse.BooleanOptionalAction, default=d.fit.class_weight,
+    fit.add_argument("--class-weight", action=argparse.BooleanOptionalAction, default=d.recipe.class_weight,
                      help="weight classes inversely to their frequency")
-    fit.add_argument("--early-stopping-patience", type=int, default=d.fit.early_stopping_patience,
+    fit.add_argument("--early-stopping-patience", type=int, default=d.recipe.early_stopping_patience,
                      help="epochs without a better validation loss before stopping")
-    fit.add_argument("--reduce-lr-patience", type=int, default=d.fit.reduce_lr_patience,
+    fit.add_argument("--reduce-lr-patience", type=int, default=d.recipe.reduce_lr_patience,
                      help="epochs without a better validation loss before halving the learning rate")
-    fit.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=d.fit.mixed_precision,
+    fit.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=d.recipe.mixed_precision,
                      help="train in mixed bfloat16 (faster on CPUs with AMX/AVX512-BF16); export stays float32")
-    fit.add_argument("--seed", type=int, default=d.fit.seed,
+    fit.add_argument("--seed", type=int, default=d.recipe.seed,
                      help="seeds the split, the initial weights and the shuffling")
     fit.add_argument("--resume", action="store_true",
                      help="continue from the last epoch checkpoint in --checkpoint-dir")
-    fit.add_argument("--filters", type=_filters, default=d.fit.filters,
+    fit.add_argument("--filters", type=_filters, default=d.recipe.filters,
                      help="filters per block, comma separated (the seed's by default; smaller for experiments)")
 
 
@@ -200,10 +200,10 @@ def run(settings: TrainSettings) -> dict:
     from training import pipeline as step
     from training.export import write_metadata
 
-    keras.utils.set_random_seed(settings.fit.seed)
-    loaded = step.load_data(settings.data, settings.fit.seed, cv=bool(settings.selection.cv))
+    keras.utils.set_random_seed(settings.recipe.seed)
+    loaded = step.load_data(settings.data, settings.recipe.seed, cv=bool(settings.selection.cv))
     parts = loaded.parts
-    if settings.fit.mixed_precision:
+    if settings.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     fit_settings = step.fit_settings(settings)
     selection = None
@@ -212,11 +212,11 @@ def run(settings: TrainSettings) -> dict:
         if settings.selection.cv_only:
             return _screening_report(settings, selection.summary)
         fit_settings = step.final_settings(fit_settings, selection)
-        keras.utils.set_random_seed(settings.fit.seed)
-    model = step.build_model(settings.fit)
+        keras.utils.set_random_seed(settings.recipe.seed)
+    model = step.build_model(settings.recipe)
     checkpoints = step.fit_or_load(settings, model, parts, fit_settings)
     epochs_run, throughput = step.epochs_and_throughput(checkpoints)
-    model = step.float32_model(settings.fit, model)
+    model = step.float32_model(settings.recipe, model)
     step.recalibrate(settings, model, parts)
     threshold, threshold_selection = step.choose_threshold(settings.output, model, parts, selection)
 

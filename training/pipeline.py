@@ -87,7 +87,7 @@ def load_data(data: DataSettings, seed: int, cv: bool = False) -> Loaded:
 
 
 def fit_settings(settings: TrainSettings) -> FitSettings:
-    recipe = settings.fit
+    recipe = settings.recipe
     return FitSettings(
         epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
         augment=recipe.augment, class_weight=recipe.class_weight,
@@ -111,21 +111,21 @@ def cross_validate(settings: TrainSettings, loaded: Loaded, fit_recipe: FitSetti
     """--cv K: the recipe fitted K times, every non-test image predicted once out of fold."""
     selection, cluster = settings.selection, settings.cluster
     root = cv_root(settings)
-    folds = stratified_folds(loaded.parts.train, selection.cv, settings.fit.seed)
+    folds = stratified_folds(loaded.parts.train, selection.cv, settings.recipe.seed)
     if settings.output.export_only:  # the folds ran before: read what they measured, fit nothing
         numbers = [fold.number for fold in folds[: selection.cv_only or len(folds)]]
     elif cluster.ray is not None:
         # Ray is an optional extra (the `ray` install): imported only when the folds go to a cluster.
         from training.cv_ray import run_folds_on_ray
 
-        numbers = run_folds_on_ray(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.fit),
+        numbers = run_folds_on_ray(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.recipe),
                                    only=selection.cv_only, address=cluster.ray or None, fold_cpus=cluster.fold_cpus)
     else:
-        numbers = run_folds(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.fit),
+        numbers = run_folds(loaded.parts.train, folds, fit_recipe, root, lambda: build_model(settings.recipe),
                             only=selection.cv_only)
     out_of_fold = summarize(loaded.parts.train, folds, root, numbers)
     out_of_fold.summary.update({
-        "seed": settings.fit.seed, "fold_sizes": [len(fold.validation) for fold in folds],
+        "seed": settings.recipe.seed, "fold_sizes": [len(fold.validation) for fold in folds],
         "stratified_on": "label x annotators' vote share x cell type" if settings.data.dataset == "elpv" else "label",
         "fold_membership": str(root / "folds.json"),
     })  # fmt: skip
@@ -151,7 +151,7 @@ def fit_or_load(
             raise datasets.DataError(f"no checkpoint to export: {weights} does not exist")
         model.load_weights(str(weights))
         return checkpoints
-    initial = settings.fit.initial_weights
+    initial = settings.recipe.initial_weights
     if initial is not None:
         try:
             model.load_weights(str(initial))
@@ -282,7 +282,7 @@ def versions() -> dict[str, str]:
 
 def training_record(settings: TrainSettings, fit_recipe: FitSettings, epochs_run: int, throughput: list[float],
                     parameters: int) -> dict:
-    recipe = settings.fit
+    recipe = settings.recipe
     return {
         "epochs_requested": recipe.epochs, "epochs_run": epochs_run,
         "batch_size": recipe.batch_size, "learning_rate": recipe.learning_rate,
@@ -316,7 +316,7 @@ def base_metadata(settings: TrainSettings, loaded: Loaded, threshold: float, thr
     split = DataSplit(
         train=len(parts.train), validation=len(parts.validation), test=len(parts.test),
         test_fraction=data.test_split, validation_fraction=0.0 if settings.selection.cv else data.validation_split,
-        seed=settings.fit.seed, stratified=True,
+        seed=settings.recipe.seed, stratified=True,
     )  # fmt: skip
     return {
         "name": settings.output.name,

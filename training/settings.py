@@ -95,7 +95,7 @@ class OutputSettings:
 @dataclass(frozen=True)
 class TrainSettings:
     data: DataSettings = field(default_factory=DataSettings)
-    fit: RecipeSettings = field(default_factory=RecipeSettings)
+    recipe: RecipeSettings = field(default_factory=RecipeSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
@@ -109,18 +109,18 @@ class TrainSettings:
     @property
     def recalibrates_batchnorm(self) -> bool:
         """Always with --cv: the folds' out-of-fold predictions, which chose the recipe, were measured so."""
-        return bool(self.fit.recalibrate_batchnorm or self.selection.cv)
+        return bool(self.recipe.recalibrate_batchnorm or self.selection.cv)
 
 
 GROUPS: dict[str, type] = {
-    "data": DataSettings, "fit": RecipeSettings, "selection": SelectionSettings, "cluster": ClusterSettings,
+    "data": DataSettings, "recipe": RecipeSettings, "selection": SelectionSettings, "cluster": ClusterSettings,
     "output": OutputSettings,
 }  # fmt: skip
 
 
 def _first_problem(s: TrainSettings) -> str | None:
     """The first rule the settings break, in the order the CLI has always reported them; None if none."""
-    data, fit, selection, cluster, output = s.data, s.fit, s.selection, s.cluster, s.output
+    data, fit, selection, cluster, output = s.data, s.recipe, s.selection, s.cluster, s.output
     checks = (
         (data.dataset == "folder" and data.data_dir is None, "--dataset folder needs --data-dir"),
         (not 0 < data.test_split < 1, "--test-split must be between 0 and 1"),

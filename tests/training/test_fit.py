@@ -178,7 +178,7 @@ def test_fit_settings_default_epochs_agree_with_the_cli() -> None:
     from training.cli import parse_args
     from training.fit import FitSettings
 
-    assert FitSettings().epochs == parse_args([]).fit.epochs == 40
+    assert FitSettings().epochs == parse_args([]).recipe.epochs == 40
 
 
 def test_soft_targets_feed_the_annotators_probability_and_labels_stay_binary() -> None:

@@ -30,7 +30,7 @@ def test_options_land_in_their_group_with_their_type() -> None:
     parsed = parse_args(["--epochs", "3", "--filters", "8,16", "--threshold", "auto", "--cv", "3", "--ray",
                          "--name", "cells", "--dataset", "folder", "--data-dir", "toy"])  # fmt: skip
 
-    assert parsed.fit == RecipeSettings(epochs=3, filters=(8, 16))
+    assert parsed.recipe == RecipeSettings(epochs=3, filters=(8, 16))
     assert parsed.output == OutputSettings(threshold="auto", name="cells")
     assert parsed.selection == SelectionSettings(cv=3)
     assert parsed.cluster == ClusterSettings(ray="")
@@ -42,10 +42,10 @@ def test_options_land_in_their_group_with_their_type() -> None:
     ("settings", "message"),
     [
         ({"data": DataSettings(dataset="folder")}, "--dataset folder needs --data-dir"),
-        ({"fit": RecipeSettings(epochs=0)}, "--epochs and --batch-size must be positive"),
+        ({"recipe": RecipeSettings(epochs=0)}, "--epochs and --batch-size must be positive"),
         ({"selection": SelectionSettings(cv=1)}, "--cv needs at least 2 folds"),
         ({"cluster": ClusterSettings(ray="")}, "--ray runs cross-validation folds: it needs --cv K"),
-        ({"fit": RecipeSettings(epochs=2, warmup_epochs=2)}, "--warmup-epochs must be at least 0 and fewer"),
+        ({"recipe": RecipeSettings(epochs=2, warmup_epochs=2)}, "--warmup-epochs must be at least 0 and fewer"),
         ({"output": OutputSettings(threshold=1.0)}, "--threshold must be between 0 and 1, or auto"),
     ],
 )
@@ -66,10 +66,10 @@ def test_steps_run_on_settings_built_in_code(toy_folder: Path) -> None:
 
     settings = TrainSettings(
         data=DataSettings(dataset="folder", data_dir=toy_folder, test_split=0.25, validation_split=0.15),
-        fit=RecipeSettings(seed=0, ema=True, filters=(4,)),
+        recipe=RecipeSettings(seed=0, ema=True, filters=(4,)),
     )
 
-    loaded = step.load_data(settings.data, settings.fit.seed)
+    loaded = step.load_data(settings.data, settings.recipe.seed)
     recipe = step.fit_settings(settings)
 
     assert (len(loaded.parts.train), len(loaded.parts.validation), len(loaded.parts.test)) == (81, 15, 32)

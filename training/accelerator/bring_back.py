@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = record["settings"]
         settings = TrainSettings(
             data=data, selection=SelectionSettings(cv=len(meta["folds"])), output=OutputSettings(out=args.out),
-            fit=RecipeSettings(epochs=recipe["epochs"], batch_size=recipe["batch_size"], seed=meta["seed"],
+            recipe=RecipeSettings(epochs=recipe["epochs"], batch_size=recipe["batch_size"], seed=meta["seed"],
                                learning_rate=recipe["learning_rate"], filters=tuple(results["run"]["filters"])),
             command=f"python -m training.accelerator.search (recipe {record['name']}) + bring_back",
         )  # fmt: skip
