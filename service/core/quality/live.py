@@ -241,7 +241,11 @@ class LiveQuality:
     def _unavailable(self, exc: Exception) -> StoreUnavailableError:
         log.warning("the prediction log's store failed a query: %s", one_line(exc))
         where = self.store.where if self.store else "the store"
-        return StoreUnavailableError(f"the prediction log ({where}) is not answering; try again later")
+        waiting = ""
+        if self.log is not None and self.log.spooled_since is not None:
+            waiting = (f"; {self.log.spooled} rows wait in this process's spool since "
+                       f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.log.spooled_since))}")
+        return StoreUnavailableError(f"the prediction log ({where}) is not answering{waiting}; try again later")
 
 
 def _version_key(version: str) -> tuple[int, str]:

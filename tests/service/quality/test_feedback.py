@@ -130,6 +130,7 @@ def test_quality_reports_the_confusion_matrix_and_scores_per_version(client: Tes
     assert version["confusion"] == expected
     assert version["answers"] == {"served": 4, "shadow": 0}
     assert version["verdicts"] == 4
+    assert report["log"]["spool"] == {"rows": 0, "bytes": 0, "since": None}
     assert report["log"]["dropped"] == {"queue_full": 0, "store_error": 0, "spool_full": 0, "spool_error": 0}
 
 
@@ -191,6 +192,7 @@ def test_with_the_store_down_every_request_is_answered_and_its_rows_wait_in_the_
     response = client.get("/quality")
     assert response.status_code == 503
     assert "Retry-After" in response.headers
+    assert "20 rows wait in this process's spool since 20" in response.json()["detail"]
 
 
 def test_with_the_store_down_and_no_spool_each_dropped_row_is_counted(
