@@ -156,8 +156,8 @@ class PredictionLog:
                 first = self._queue.get(timeout=self._idle_s())
             except queue.Empty:
                 first = None
-            if first is not None and first is not _STOP:
-                time.sleep(LINGER_S)
+            if first is not None and first is not _STOP and self._cutoff is None:
+                time.sleep(LINGER_S)  # during a retention pass, its chunks are the linger
             batch: list[PredictionRecord] = []
             item = first
             while item is not None:
