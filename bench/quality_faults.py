@@ -87,7 +87,7 @@ class PredictLoad:
 class Outage:
     outage_s: float
     clients: int
-    killed: bool
+    killed: str  # no, drained (SIGKILL once the queue was empty), or loaded (SIGKILL under load)
     requests: int
     answered: int  # 200s
     failed: int  # anything else
@@ -95,7 +95,7 @@ class Outage:
     lost: int
     spooled_peak: int
     dropped: int  # rows the service counted as dropped
-    catch_up_s: float  # from the database's start to an empty spool
+    catch_up_s: float  # from the database's start (and the restarted service's) to an empty spool, under load
 
 
 def fresh_database(postgres: Postgres, name: str) -> str:
@@ -119,9 +119,12 @@ def _wait(condition: object, timeout_s: float, what: str) -> None:
 def outage(
     postgres: Postgres, database: str, model: Path, work: Path, *, outage_s: float, clients: int = 4,
     kill: bool = False, before_s: float = 1.0, after_s: float = 1.0, catch_up_timeout_s: float = 120.0,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None, drain: bool = True,
 ) -> Outage:
-    """The scenario, on a fresh database named `database`; the database is running again when it returns."""
+    """The scenario, on a fresh database named `database`; the database is running again when it returns.
+    With `kill`, the clients stop and, when `drain`, the writer's queue empties before the SIGKILL; without
+    `drain` the SIGKILL comes while the clients still post (rows answered in the last milliseconds are still in
+    memory then: that is what it measures, and requests in flight fail)."""
     url = fresh_database(postgres, database)
     spec = service_spec(f"outage-{database}", model,
                         {"PREDICTION_LOG_URL": url, "DATA_DIR": str(work / database), "LOG_LEVEL": "warning",
@@ -149,12 +152,14 @@ def outage(
             while time.monotonic() < end:
                 spooled(server)
                 time.sleep(min(0.5, max(end - time.monotonic(), 0)))
+            if kill and not drain:
+                server.kill()
         if kill:
-            # Every answered row has left the queue for the spool's disk: then SIGKILL, no shutdown at all.
-            _wait(lambda: queued(server) == 0, 30, "the writer did not empty its queue")
-            spooled(server)
-            dropped += metric_sum(metrics(server.url), "prediction_log_dropped_total")
-            server.kill()
+            if drain:  # every answered row has left the queue for the spool's disk: then SIGKILL, no shutdown
+                _wait(lambda: queued(server) == 0, 30, "the writer did not empty its queue")
+                spooled(server)
+                dropped += metric_sum(metrics(server.url), "prediction_log_dropped_total")
+                server.kill()
             postgres.start()
             started = time.monotonic()
             server = Server(spec, work)
@@ -163,10 +168,15 @@ def outage(
             postgres.start()
             started = time.monotonic()
         second = PredictLoad(server.url, clients)
-        with second:
-            time.sleep(after_s)
+        emptied = None
+        with second:  # the spool is written while new answers keep coming
+            end = time.monotonic() + after_s
+            while time.monotonic() < end:
+                if emptied is None and spooled(server) == 0:
+                    emptied = time.monotonic()
+                time.sleep(0.2)
         _wait(lambda: spooled(server) == 0, catch_up_timeout_s, "the spool was not written")
-        catch_up_s = time.monotonic() - started
+        catch_up_s = (emptied or time.monotonic()) - started
         dropped += metric_sum(metrics(server.url), "prediction_log_dropped_total")
         server.terminate()
     finally:
@@ -182,7 +192,8 @@ def outage(
     answered = set(load.ids) | set(second.ids)
     outcomes = load.outcomes + second.outcomes
     return Outage(
-        outage_s=outage_s, clients=clients, killed=kill, requests=sum(outcomes.values()),
+        outage_s=outage_s, clients=clients, killed=("drained" if drain else "loaded") if kill else "no",
+        requests=sum(outcomes.values()),
         answered=len(answered), failed=sum(n for k, n in outcomes.items() if k != "200"),
         logged=len(answered & logged), lost=len(answered - logged), spooled_peak=peak, dropped=int(dropped),
         catch_up_s=catch_up_s,

@@ -20,6 +20,8 @@ longer than a batch: one transaction over every expired row held it for as long 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -47,7 +49,7 @@ LINGER_S = 0.05
 # Replayed per turn of the writer: more than a turn's new rows (at most BATCH_ROWS), so the spool shrinks.
 REPLAY_BATCHES = 4
 RETRY_S = 0.5
-MAX_RETRY_S = 5.0
+MAX_RETRY_S = 2.0
 RETENTION_CHUNK_ROWS = BATCH_ROWS
 _STOP = object()
 
@@ -77,6 +79,7 @@ class PredictionLog:
         self._count_lock = threading.Lock()  # the event loop and the shadow thread both put rows
         self._put = 0  # rows offered so far
         self._done = 0  # rows written, spooled or dropped so far
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         # Retention runs about every tenth of the retention time, at most once a minute.
         self._purge_every_s = min(max(retention_s / 10, 1.0), 60.0) if retention_s > 0 else None
         self._next_purge = 0.0
@@ -122,6 +125,23 @@ class PredictionLog:
         with self._handled:
             return self._handled.wait_for(lambda: self._done >= target, timeout_s)
 
+    async def until_handled(self, timeout_s: float) -> bool:
+        """As wait_written, on the event loop: waits for no thread."""
+        target = self._put
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._handled:
+            if self._done >= target:
+                return True
+            self._waiters.append((target, loop, future))
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            with self._handled:
+                self._waiters = [w for w in self._waiters if w[2] is not future]
+            return False
+        return True
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Writes what is queued (to the store, else the spool), then ends the thread."""
         if self._thread is None:
@@ -156,8 +176,10 @@ class PredictionLog:
                 first = self._queue.get(timeout=self._idle_s())
             except queue.Empty:
                 first = None
-            if first is not None and first is not _STOP and self._cutoff is None:
-                time.sleep(LINGER_S)  # during a retention pass, its chunks are the linger
+            # No linger during a retention pass (its chunks are the linger), nor while rows are spooled: a row
+            # reaches the spool's disk one transaction after its answer, so a SIGKILL then loses the fewest.
+            if first is not None and first is not _STOP and self._cutoff is None and not self.spooled:
+                time.sleep(LINGER_S)
             batch: list[PredictionRecord] = []
             item = first
             while item is not None:
@@ -277,6 +299,11 @@ class PredictionLog:
         with self._handled:
             self._done += rows
             self._handled.notify_all()
+            due = [w for w in self._waiters if w[0] <= self._done]
+            self._waiters = [w for w in self._waiters if w[0] > self._done]
+        for _, loop, future in due:
+            with contextlib.suppress(RuntimeError):  # its loop has closed (a test client's, at its stop)
+                loop.call_soon_threadsafe(_settle, future)
 
     def _dropped(self, reason: str, rows: int, why: str) -> None:
         self._on_drop(reason, rows)
@@ -299,3 +326,8 @@ class PredictionLog:
         except Exception as exc:  # noqa: BLE001  retention is retried at the next period
             self._cutoff = None
             log.warning("the prediction log's retention delete failed: %s", one_line(exc))
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter that timed out has cancelled it
+        future.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,3 +179,27 @@ def test_an_image_kept_in_the_log_survives_the_spool(tmp_path: Path) -> None:
     spool.remove(head)
     assert (spool.rows, spool.bytes, spool.since) == (0, 0, None)
     spool.close()
+
+
+def test_until_handled_returns_once_the_rows_put_before_it_are_spooled(tmp_path: Path) -> None:
+    store = FlakyStore(sqlite_url(tmp_path / "log"), REFUSED)
+    store.down.set()
+    log = PredictionLog(store, max_queue=100, retention_s=0, spool_dir=tmp_path, spool_bytes=10**6)
+
+    async def put_and_wait() -> tuple[bool, int]:
+        log.put(record())
+        return await log.until_handled(5.0), log.spooled
+
+    log.start()
+    assert asyncio.run(put_and_wait()) == (True, 1)
+    log.stop()
+
+
+def test_until_handled_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    log = PredictionLog(Store(sqlite_url(tmp_path)), max_queue=100, retention_s=0)  # never started
+
+    async def put_and_wait() -> bool:
+        log.put(record())
+        return await log.until_handled(0.05)
+
+    assert asyncio.run(put_and_wait()) is False
