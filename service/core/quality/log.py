@@ -51,6 +51,9 @@ REPLAY_BATCHES = 4
 RETRY_S = 0.5
 MAX_RETRY_S = 2.0
 RETENTION_CHUNK_ROWS = BATCH_ROWS
+# A stop writes what the spool holds for this long at most (what is left is written after the next start), so
+# a long spool does not hold the shutdown past GRACEFUL_SHUTDOWN_S's order of magnitude.
+STOP_REPLAY_S = 5.0
 _STOP = object()
 
 
@@ -204,7 +207,7 @@ class PredictionLog:
                 self._next_try = 0.0
                 if self._held:
                     self._write([])
-                self._replay(until_empty=True)
+                self._replay(budget_s=STOP_REPLAY_S)
                 if self._held:
                     self._dropped(SPOOL_ERROR, len(self._held), "the prediction log stops with rows neither the "
                                   "store nor the spool took")
@@ -260,12 +263,12 @@ class PredictionLog:
             self._dropped(SPOOL_FULL, len(rows) - taken,
                           f"the prediction log's spool holds PREDICTION_LOG_SPOOL_BYTES ({self.spool.max_bytes})")
 
-    def _replay(self, until_empty: bool = False) -> None:
-        """Writes the spool's head to the store, REPLAY_BATCHES transactions at most (all, when stopping)."""
+    def _replay(self, budget_s: float = 0.0) -> None:
+        """Writes the spool's head to the store: REPLAY_BATCHES transactions, or as many as `budget_s` allows."""
         if self.spool is None or not self.spool.rows or time.monotonic() < self._next_try:
             return
-        replayed = 0
-        while until_empty or replayed < REPLAY_BATCHES:
+        replayed, end = 0, time.monotonic() + budget_s
+        while replayed < REPLAY_BATCHES or time.monotonic() < end:
             head = self.spool.head(BATCH_ROWS)
             if head is None:
                 break

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,43 @@ def test_until_handled_gives_up_after_its_timeout(tmp_path: Path) -> None:
         return await log.until_handled(0.05)
 
     assert asyncio.run(put_and_wait()) is False
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root and mount rights, as in make test's container; skipped elsewhere)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True,
+                             check=False) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and the right to mount")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_under_the_sqlite_log_loses_no_row_once_space_is_freed(small_disk: Path, tmp_path: Path) -> None:
+    store = Store(sqlite_url(small_disk))
+    store.write([record() for _ in range(10)])
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):  # every byte the disk has left
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+    drops = Drops()
+    log = PredictionLog(store, max_queue=10_000, retention_s=0, on_drop=drops, spool_dir=tmp_path / "spool",
+                        spool_bytes=10**7)
+    log.start()
+    sent = [record() for _ in range(3000)]  # ~1 MB of rows: more than the full disk takes
+    for row in sent:
+        log.put(row)
+    assert log.wait_written(30.0)
+    assert log.spooled > 0, "the store failed with 'database or disk is full'"
+    filler.unlink()
+    wait_until(lambda: log.spooled == 0, timeout_s=30)
+    log.stop()
+    assert drops.counts == {}
+    assert rows_in(store) == 3010
