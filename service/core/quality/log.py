@@ -168,9 +168,18 @@ class PredictionLog:
             log.warning("the prediction log runs without a spool (a failed batch is dropped): %s; set "
                         "PREDICTION_LOG_SPOOL_DIR to a writable folder", one_line(exc))
             return
+        try:
+            adopted, beyond = self.spool.adopt()
+        except Exception as exc:  # noqa: BLE001  the orphans stay where they are, for the next start
+            log.warning("the prediction log could not take the rows of other spools in %s: %s", self._spool_dir,
+                        one_line(exc))
+            adopted = beyond = 0
+        if beyond:
+            self._dropped(SPOOL_FULL, beyond, f"the spools left by other processes hold more than "
+                          f"PREDICTION_LOG_SPOOL_BYTES ({self.spool.max_bytes})")
         if self.spool.rows:
-            log.info("the prediction log's spool %s holds %d rows: writing them first", self.spool.path,
-                     self.spool.rows)
+            log.info("the prediction log's spool %s holds %d rows (%d from processes that did not come back): "
+                     "writing them first", self.spool.path, self.spool.rows, adopted)
 
     def _run(self) -> None:
         stopping = False

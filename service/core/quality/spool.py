@@ -9,7 +9,8 @@ without rewriting the file; and sqlite3 is in the standard library. It is writte
 The file is bounded by PREDICTION_LOG_SPOOL_BYTES of row payload (JSON); a row beyond the bound is refused, and
 the writer counts it dropped. Each process claims a slot (prediction-log-spool.<n>.sqlite3 beside a .lock file
 held with flock), so processes sharing DATA_DIR never share a spool, and a process started after a crash takes
-the free slot with the rows its predecessor left, and writes them.
+the free slot with the rows its predecessor left, and writes them. It also adopts the rows of every other slot
+no live process holds (replicas that crashed and did not come back), so no spool is left behind.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from service.core.quality.records import PredictionRecord
 
 # Processes sharing one folder (replicas on one machine); one more than that finds no slot and runs without.
 SLOTS = 64
+ADOPT_ROWS = 5000  # moved from another slot per transaction (memory: ~2 MB)
 
 
 class SpoolUnavailableError(RuntimeError):
@@ -90,6 +92,35 @@ class Spool:
                 continue
             return lock
         raise SpoolUnavailableError(f"all {SLOTS} spool slots in {folder} are held by other processes")
+
+    def adopt(self) -> tuple[int, int]:
+        """Moves the rows of every other slot that no process holds into this spool, up to the bound; (rows
+        taken, rows beyond the bound). A crash between the two transactions leaves a row in both: the store
+        skips the second."""
+        taken = beyond = 0
+        folder = self.path.parent
+        for other in sorted(folder.glob("prediction-log-spool.*.sqlite3")):
+            lock_path = other.with_suffix(".lock")
+            if other == self.path or not lock_path.exists():
+                continue
+            with lock_path.open("ab") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process's
+                orphan = sqlite3.connect(other, isolation_level=None)
+                try:
+                    while rows := orphan.execute(f"SELECT seq, row FROM spool ORDER BY seq LIMIT {ADOPT_ROWS}"
+                                                 ).fetchall():
+                        kept = self.append([_record(payload) for _, payload in rows])
+                        taken, beyond = taken + kept, beyond + len(rows) - kept
+                        orphan.execute("DELETE FROM spool WHERE seq <= ?", (rows[-1][0],))
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):  # else: nothing was ever spooled there
+                        raise
+                finally:
+                    orphan.close()
+        return taken, beyond
 
     def append(self, records: Sequence[PredictionRecord]) -> int:
         """Spools the records in order, in one transaction, up to the bound; how many it took (a prefix)."""

@@ -246,3 +246,30 @@ def test_a_full_disk_under_the_sqlite_log_loses_no_row_once_space_is_freed(small
     log.stop()
     assert drops.counts == {}
     assert rows_in(store) == 3010
+
+
+def test_the_rows_of_a_process_that_did_not_come_back_are_adopted(tmp_path: Path) -> None:
+    first, second = Spool(tmp_path, 10**6), Spool(tmp_path, 10**6)  # two processes sharing a folder
+    rows = [record() for _ in range(5)]
+    first.append(rows[:2])
+    second.append(rows[2:])
+    first.close()
+    second.close()  # both crashed; one comes back
+    store = Store(sqlite_url(tmp_path / "log"))
+    log = PredictionLog(store, max_queue=100, retention_s=0, spool_dir=tmp_path, spool_bytes=10**6)
+    log.start()
+    wait_until(lambda: rows_in(store) == 5, timeout_s=10)
+    log.stop()
+    again = Spool(tmp_path, 10**6)
+    assert again.adopt() == (0, 0)
+    again.close()
+
+
+def test_a_live_process_keeps_its_spool(tmp_path: Path) -> None:
+    live = Spool(tmp_path, 10**6)
+    live.append([record()])
+    other = Spool(tmp_path, 10**6)
+    assert other.adopt() == (0, 0)
+    assert live.rows == 1
+    other.close()
+    live.close()
