@@ -30,9 +30,9 @@ HASH_INLINE_BYTES = 512 * 1024
 # A verdict for an id not in the log yet (answered a moment ago, here or by another replica) looks again after
 # FIRST_LOOK_S, doubling up to LAST_LOOK_S, for FEEDBACK_WAIT_S: each look is one primary-key lookup.
 FIRST_LOOK_S = 0.02
+LAST_LOOK_S = 0.25
 # An answer waits at most this for its row to reach the spool (a disk that hangs must not hold answers).
 SPOOLED_ANSWER_WAIT_S = 1.0
-LAST_LOOK_S = 0.25
 
 
 @dataclass(frozen=True)
