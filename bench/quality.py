@@ -1,4 +1,6 @@
 """Live quality's costs, as the issue's targets in one run: `python -m bench.quality --duration 10 --rounds 3`.
+The log at scale: `python -m bench.quality --rows 10000000 [--postgres]` (bench/quality_scale.py); the log
+through a database outage: `python -m bench.quality --faults` (bench/quality_faults.py).
 
 - the SQLite prediction log on vs off: /predict images/s at 16 connections (target: at least 0.95);
 - a shadow version (SHADOW_SAMPLE=1.0) vs none: /predict at 16 connections, where the CPU is saturated
@@ -29,7 +31,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import corpora, load
+from bench import corpora, load, quality_faults, quality_scale
+from bench.postgres import Postgres
 from bench.servers import REPO_ROOT, Server, service_spec
 from bench.targets import Target
 
@@ -177,9 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "model.onnx")
     parser.add_argument("--out", type=Path, help="also write the rows and targets as JSON here")
     parser.add_argument("--only", choices=("log", "shadow"), help="run one of the two comparisons")
+    parser.add_argument("--rows", type=int, help="instead: the log at scale with this many synthetic rows")
+    parser.add_argument("--postgres", action="store_true", help="with --rows: also on a real PostgreSQL")
+    parser.add_argument("--requests", type=int, default=300, help="with --rows: verdicts posted, one at a time")
+    parser.add_argument("--retention-s", type=float, default=120.0, help="with --rows: the retention pass's budget")
+    parser.add_argument("--faults", nargs="*", type=float, metavar="OUTAGE_S",
+                        help="instead: PostgreSQL stopped this long (default 10 and 300 s) under 4 clients, with "
+                             "and without the service SIGKILLed meanwhile")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.rows is not None:
+        return _scale(args)
+    if args.faults is not None:
+        return _faults(args)
     (corpus,) = corpora.load(["elpv"])
     rows: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
@@ -199,6 +213,64 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({"rows": [asdict(r) for r in rows],
                                         "targets": [{**asdict(t), "verdict": t.verdict} for t in found]}, indent=1))
     return 0
+
+
+def _table(rows: list[object]) -> str:
+    fields = list(asdict(rows[0]))  # type: ignore[call-overload]
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    for row in rows:
+        values = asdict(row)  # type: ignore[call-overload]
+        lines.append("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in values.values())
+                     + " |")
+    return "\n".join(lines)
+
+
+def _scale(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-quality-scale-") as folder:
+        work = Path(folder)
+        results.append(quality_scale.scale("sqlite", None, args.rows, args.model, work, args))
+        if args.postgres:
+            with Postgres() as postgres:
+                url = quality_faults.fresh_database(postgres, "scale")
+                results.append(quality_scale.scale("postgresql", url, args.rows, args.model, work, args))
+    found = []
+    for r in results:
+        found += [
+            Target(f"{r.store}, {r.rows} rows: POST /feedback p99", "ms, one verdict a request", r.feedback_p99_ms,
+                   20, "<="),
+            Target(f"{r.store}, {r.rows} rows: GET /quality p99", "ms", r.quality_p99_ms, 100, "<="),
+            Target(f"{r.store}, {r.rows} rows: /predict p99 beside an empty log", "full / empty p99",
+                   r.predict_p99_ms / r.predict_empty_p99_ms, 1.2, "<="),
+            Target(f"{r.store}: retention of {r.retention_deleted} rows, longest writer gap", "s",
+                   r.retention_max_gap_s, 1.0, "<="),
+        ]
+    print(_table(results))
+    print()
+    print("\n".join(f"| {t.name} | {t.formula} | {t.value:.3f} | {t.direction} {t.bound} | {t.verdict} |"
+                    for t in found))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"scale": [asdict(r) for r in results],
+                                        "targets": [{**asdict(t), "verdict": t.verdict} for t in found]}, indent=1))
+    return 0
+
+
+def _faults(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-quality-faults-") as folder, Postgres() as postgres:
+        for outage_s in args.faults or (10.0, 300.0):
+            for kill, drain in ((False, True), (True, True), (True, False)):
+                result = quality_faults.outage(
+                    postgres, f"outage_{int(outage_s)}_{int(kill)}{int(drain)}", args.model, Path(folder),
+                    outage_s=outage_s, clients=4, kill=kill, drain=drain, before_s=5, after_s=10,
+                    catch_up_timeout_s=max(120, outage_s),
+                )
+                log.info("%s", result)
+                results.append(result)
+    print(_table(results))
+    if args.out is not None:
+        args.out.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 0 if all(r.lost == 0 and (r.failed == 0 or r.killed == "loaded") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -233,11 +233,23 @@ class QualitySettings(BaseSettings):
     # Rows wait here for the writer thread; beyond it they are dropped and counted, never waited for. At
     # ~300 bytes a row, 10,000 rows are ~3 MB, minutes of full-speed traffic on 2 cores.
     prediction_log_queue: int = Field(10_000, ge=1, description="rows waiting to be written; beyond, dropped")
+    # A row is ~400 bytes in the spool (JSON), so 256 MiB hold ~650,000 rows: about an hour of a busy
+    # replica's answers (RELIABILITY.md), on a disk the store's outage does not fill.
+    prediction_log_spool_bytes: int = Field(
+        256 * MiB, ge=0, description="rows the store did not take wait on local disk up to this; 0 = no spool"
+    )
+    prediction_log_spool_dir: Path | None = Field(
+        None, description="where the spool file is kept; unset = DATA_DIR (better: another disk than the log)"
+    )
     prediction_log_images: bool = Field(False, description="also keep each image's bytes in the log")
     prediction_log_retention_s: float = Field(
         30 * 24 * 3600.0, ge=0, description="predictions and verdicts older than this are deleted; 0 keeps all"
     )
     quality_window: int = Field(500, ge=1, description="the last verdicts per version the quality figures cover")
+    # Another replica's writer commits within LINGER_S (50 ms) of its answer while its store is up.
+    feedback_wait_s: float = Field(
+        2.0, ge=0, le=60, description="how long a verdict for an id not in the log yet waits for it, then 404"
+    )
     rollout: Literal["replace", "shadow"] = Field(
         "replace", description="a new version replaces the served one, or is scored in shadow until promoted"
     )
@@ -274,6 +286,11 @@ class QualitySettings(BaseSettings):
                     f"PREDICTION_LOG=true (and MODEL_DIR), or {name}=manual"
                 )
         return self
+
+    @field_validator("prediction_log_spool_dir", mode="before")
+    @classmethod
+    def _auto_folder(cls, value: object) -> object:
+        return None if value in ("", "auto") else value
 
     @field_validator("prediction_log_url", mode="before")
     @classmethod

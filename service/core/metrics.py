@@ -105,10 +105,23 @@ class Metrics:
         )
         self.log_dropped = Counter(
             "prediction_log_dropped_total", "Prediction rows not written: queue_full (the store is slower than "
-            "traffic) or store_error (the store failed)", ["reason"], registry=self.registry,
+            "traffic), spool_full (the spool holds PREDICTION_LOG_SPOOL_BYTES), spool_error (the spool's disk failed "
+            "too) or store_error (the store failed and there is no spool)", ["reason"], registry=self.registry,
         )
         self.log_queue = Gauge(
             "prediction_log_queue_rows", "Prediction rows waiting for the log's writer", registry=self.registry
+        )
+        self.log_spool_rows = Gauge(
+            "prediction_log_spool_rows", "Prediction rows waiting in the spool for the store to answer again",
+            registry=self.registry,
+        )
+        self.log_spool_bytes = Gauge(
+            "prediction_log_spool_bytes", "Bytes of the rows waiting in the spool (bound: PREDICTION_LOG_SPOOL_BYTES)",
+            registry=self.registry,
+        )
+        self.log_spool_since = Gauge(
+            "prediction_log_spool_oldest_timestamp_seconds", "Unix time the oldest row waiting in the spool was "
+            "spooled; 0 when none waits", registry=self.registry,
         )
         self.feedback = Counter(
             "feedback_total", "Verdicts received by POST /feedback, by the served version they judge and whether "

@@ -93,9 +93,16 @@ class ShadowActivity(BaseModel):
     skipped: int = Field(description="images offered but skipped (no spare capacity)")
 
 
+class SpoolActivity(BaseModel):
+    rows: int = Field(description="rows waiting on this process's local disk for the store to answer again")
+    bytes: int = Field(description="their size (bound: PREDICTION_LOG_SPOOL_BYTES)")
+    since: float | None = Field(description="Unix time the oldest of them was spooled; null when none waits")
+
+
 class LogActivity(BaseModel):
     store: str | None = Field(description="where the log is written (password hidden); null when it is off")
     queued: int
+    spool: SpoolActivity
     written: int = Field(description="rows this process wrote")
     dropped: dict[str, int] = Field(description="rows this process dropped, by reason")
 

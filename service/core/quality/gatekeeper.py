@@ -25,8 +25,10 @@ from typing import Any, Literal, Protocol
 from service.core.config import QualitySettings
 from service.core.failures import StoreUnavailableError, one_line
 from service.core.metrics import Metrics
+from service.core.quality.evidence import forget_unjudged_images, judged_pairs, last_decisions, record_decision
 from service.core.quality.gate import Action, Gate, PairCounts, Verdict
-from service.core.quality.store import Decision, Store
+from service.core.quality.store import Store
+from service.core.quality.tables import Decision
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,7 @@ class GateKeeper:
             return GateState(roles.served, roles.shadow, None, self.settings.promote, 0.0, None, note)
         check: Action = "promote"
         since, note = 0.0, None
-        last = self.store.decisions(limit=1)
+        last = last_decisions(self.store, limit=1)
         if last and last[0].serving == roles.served and last[0].previous == roles.shadow:
             since = last[0].time
             if last[0].action == "promote":
@@ -186,7 +188,7 @@ class GateKeeper:
             else:
                 note = (f"version {roles.shadow} was rolled back: only POST /admin/promote serves it again (the "
                         "figures count the verdicts since)")
-        counts = PairCounts.of(self.store.judged_pairs(roles.served, roles.shadow, since), roles.positive)
+        counts = PairCounts.of(judged_pairs(self.store, roles.served, roles.shadow, since), roles.positive)
         verdict = self.gate.promotion(counts) if check == "promote" else self.gate.rollback(counts)
         self.metrics.gate_pairs.set(counts.pairs)
         self.metrics.gate_evidence.labels(check).set(verdict.evidence)
@@ -197,7 +199,7 @@ class GateKeeper:
         """GET /quality's `gate` and `decisions` (the newest audit rows)."""
         try:
             state = self.state()
-            decisions = self.store.decisions(limit=DECISIONS_SHOWN) if self.store is not None else []
+            decisions = last_decisions(self.store, limit=DECISIONS_SHOWN) if self.store is not None else []
         except Exception as exc:
             log.warning("the prediction log's store failed a query: %s", one_line(exc))
             where = self.store.where if self.store else "the store"
@@ -212,7 +214,7 @@ class GateKeeper:
         if self.store is None or not self.settings.prediction_log_images or keep_s <= 0:
             return
         cutoff = time.time() - keep_s
-        forgotten = self.store.forget_unjudged_images(cutoff, after=self._expired_until)
+        forgotten = forget_unjudged_images(self.store, cutoff, after=self._expired_until)
         self._expired_until = cutoff
         if forgotten:
             log.info("dropped the bytes of %d unjudged images answered over %g s ago", forgotten, keep_s)
@@ -245,7 +247,7 @@ class GateKeeper:
         if self.store is not None:
             decision = Decision(time.time(), action, outcome.previous, outcome.serving, by, json.dumps(figures))
             try:
-                await asyncio.to_thread(self.store.record_decision, decision)
+                await asyncio.to_thread(record_decision, self.store, decision)
             except Exception as exc:  # noqa: BLE001  the swap stands; the log line above keeps the figures
                 log.error("the audit row of this %s was not written: %s", action, one_line(exc))
         return outcome

@@ -31,7 +31,8 @@ _store_errors = {
     responses={
         **_store_errors,
         400: {"model": ErrorResponse, "description": "the body is not JSON"},
-        404: {"model": ErrorResponse, "description": "no logged prediction has this id (nothing is recorded)"},
+        404: {"model": ErrorResponse,
+              "description": "no logged prediction has this id after FEEDBACK_WAIT_S (nothing is recorded)"},
         422: {"model": ErrorResponse, "description": f"a label that is no class name; not 1-{MAX_VERDICTS} verdicts"},
     },
 )
@@ -42,9 +43,7 @@ async def feedback(
     """Records the true label of predictions; a new verdict for the same id replaces the old one."""
     verdicts = [body] if isinstance(body, VerdictIn) else body
     class_names = pipeline.classifier.metadata.class_names
-    given = await asyncio.to_thread(
-        pipeline.quality.give_verdicts, [(v.id, v.label) for v in verdicts], class_names
-    )
+    given = await pipeline.quality.give_verdicts([(v.id, v.label) for v in verdicts], class_names)
     pipeline.rollout.gate.poke()
     return FeedbackResponse(verdicts=[
         VerdictOut(id=v.id, version=v.version, predicted=v.predicted, label=v.label, correct=v.correct) for v in given

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from service.core.quality.log import DROP_REASONS
+from service.core.quality.records import Answerer, ImageFacts, PredictionRecord, new_id
 from service.core.quality.store import Store, predictions, sqlite_url
 from tests.service.helpers import gray_png, metric, wait_until
 
@@ -126,7 +130,8 @@ def test_quality_reports_the_confusion_matrix_and_scores_per_version(client: Tes
     assert version["confusion"] == expected
     assert version["answers"] == {"served": 4, "shadow": 0}
     assert version["verdicts"] == 4
-    assert report["log"]["dropped"] == {"queue_full": 0, "store_error": 0}
+    assert report["log"]["spool"] == {"rows": 0, "bytes": 0, "since": None}
+    assert report["log"]["dropped"] == {"queue_full": 0, "store_error": 0, "spool_full": 0, "spool_error": 0}
 
 
 def test_the_quality_window_keeps_the_last_verdicts(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
@@ -172,15 +177,60 @@ def test_every_answered_prediction_is_in_the_log_after_a_graceful_stop(
     assert all(image and image.startswith(b"\x89PNG") for image in logged.values())
 
 
-def test_with_the_store_down_every_request_is_answered_and_each_dropped_row_counted(
-    make_client: Callable[..., TestClient],
+def test_with_the_store_down_every_request_is_answered_and_its_rows_wait_in_the_spool(
+    make_client: Callable[..., TestClient], tmp_path: Path
 ) -> None:
     # Nothing listens on port 9 of this machine: every connection is refused at once.
-    client = make_client(PREDICTION_LOG_URL="postgresql+psycopg://nobody@127.0.0.1:9/none")
+    client = make_client(PREDICTION_LOG_URL="postgresql+psycopg://nobody@127.0.0.1:9/none", DATA_DIR=tmp_path)
+    for _ in range(10):
+        predict(client, 10, 200)
+    wait_until(lambda: metric(client, "prediction_log_spool_rows") == 20)
+    assert metric(client, "prediction_log_rows_total") == 0
+    assert sum(metric(client, "prediction_log_dropped_total", reason=r) for r in DROP_REASONS) == 0
+    assert 0 < time.time() - metric(client, "prediction_log_spool_oldest_timestamp_seconds") < 60
+    assert client.get("/readyz").status_code == 200
+    response = client.get("/quality")
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers
+    assert "20 rows wait in this process's spool since 20" in response.json()["detail"]
+
+
+def test_with_the_store_down_and_no_spool_each_dropped_row_is_counted(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(PREDICTION_LOG_URL="postgresql+psycopg://nobody@127.0.0.1:9/none",
+                         PREDICTION_LOG_SPOOL_BYTES=0)
     for _ in range(10):
         predict(client, 10, 200)
     wait_until(lambda: metric(client, "prediction_log_dropped_total", reason="store_error") == 20)
     assert metric(client, "prediction_log_rows_total") == 0
-    response = client.get("/quality")
-    assert response.status_code == 503
-    assert "Retry-After" in response.headers
+    assert metric(client, "prediction_log_spool_rows") == 0
+
+
+def test_a_verdict_waits_for_a_row_another_replica_writes_a_moment_later(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client = make_client(DATA_DIR=tmp_path, FEEDBACK_WAIT_S=5)
+    (prediction,) = predict(client, 200)
+    other = new_id()  # answered by another replica whose writer commits 0.5 s after the verdict arrives
+    row = PredictionRecord.of(other, "served", Answerer("1", "onnxruntime", "fp32", ("functional", "defective")),
+                              0.9, "defective", 0.5, ImageFacts.of(b"cell"))
+    threading.Timer(0.5, lambda: Store(sqlite_url(tmp_path)).write([row])).start()
+    started = time.monotonic()
+    response = client.post("/feedback", json=[{"id": prediction["id"], "label": "defective"},
+                                              {"id": other, "label": "functional"}])
+    assert response.status_code == 200, response.text
+    assert 0.4 < time.monotonic() - started < 4
+    assert response.json()["verdicts"][1] == {"id": other, "version": "1", "predicted": "defective",
+                                              "label": "functional", "correct": False}
+
+
+def test_a_verdict_for_an_unknown_id_waits_feedback_wait_s_then_is_404(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client = make_client(DATA_DIR=tmp_path, FEEDBACK_WAIT_S=0.3)
+    started = time.monotonic()
+    response = client.post("/feedback", json={"id": new_id(), "label": "functional"})
+    assert response.status_code == 404
+    assert 0.3 <= time.monotonic() - started < 3
+    assert "FEEDBACK_WAIT_S=0.3 s" in response.json()["detail"]

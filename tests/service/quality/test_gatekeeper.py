@@ -16,10 +16,12 @@ from pydantic import ValidationError
 
 from service.core.config import Settings
 from service.core.metrics import Metrics
+from service.core.quality.evidence import record_decision
 from service.core.quality.gate import Gate, PairCounts
 from service.core.quality.gatekeeper import GateKeeper, Roles
 from service.core.quality.records import Answerer, ImageFacts, PredictionRecord
-from service.core.quality.store import Decision, Store, sqlite_url
+from service.core.quality.store import Store, sqlite_url
+from service.core.quality.tables import Decision
 from tests.service.helpers import gray_png, metric, wait_until
 from tests.service.quality.test_shadow import add_flipped_version
 
@@ -179,7 +181,7 @@ def keeper(store: Store, roles: Roles, **settings: object) -> GateKeeper:
 def test_a_rolled_back_version_is_not_promoted_again_by_the_gate(tmp_path: Path) -> None:
     store = Store(sqlite_url(tmp_path))
     write_pairs(store, "1", "2", wins=20, at=1000.0)  # evidence from before the rollback does not count
-    store.record_decision(Decision(2000.0, "rollback", "2", "1", "gate", "{}"))
+    record_decision(store, Decision(2000.0, "rollback", "2", "1", "gate", "{}"))
     write_pairs(store, "1", "2", wins=20, at=3000.0)
     state = keeper(store, Roles("1", "2", "defective")).state()
     assert (state.check, state.since, state.verdict.counts.pairs) == ("promote", 2000.0, 20)
@@ -192,7 +194,7 @@ def test_a_rolled_back_version_is_not_promoted_again_by_the_gate(tmp_path: Path)
 def test_after_a_promotion_the_gate_checks_for_a_rollback_on_the_pairs_since(tmp_path: Path) -> None:
     store = Store(sqlite_url(tmp_path))
     write_pairs(store, "2", "1", wins=3, at=1000.0)
-    store.record_decision(Decision(2000.0, "promote", "1", "2", "gate", "{}"))
+    record_decision(store, Decision(2000.0, "promote", "1", "2", "gate", "{}"))
     write_pairs(store, "2", "1", wins=7, at=3000.0)
     state = keeper(store, Roles("2", "1", "defective")).state()
     assert (state.check, state.mode, state.verdict.counts.pairs) == ("rollback", "auto", 7)

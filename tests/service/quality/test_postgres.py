@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,58 +9,31 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from bench.postgres import Postgres, unavailable
+from bench.quality_faults import outage
 from bench.servers import Server, service_spec
+from service.core.quality.evidence import forget_unjudged_images, judged_pairs, last_decisions, record_decision
 from service.core.quality.records import Answerer, ImageFacts, PredictionRecord
-from service.core.quality.store import Decision, Store, predictions
+from service.core.quality.store import Store, predictions
+from service.core.quality.tables import Decision
 from tests.service.helpers import gray_png
 from tests.service.quality.test_gatekeeper import write_pairs
 
 pytestmark = pytest.mark.postgres
 
 
-def postgres_bin() -> Path | None:
-    """Debian's server binaries (make test installs postgresql when root), else initdb on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    initdb = found[-1] if found else shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with Postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    binaries = postgres_bin()
-    if binaries is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql; make test does it when root)")
-    # PostgreSQL refuses to run as root: as root, the server runs as the package's postgres user.
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server as")
-    folder = Path(tempfile.mkdtemp(prefix="quality-pg-"))
-    if user is not None:
-        os.chown(folder, user.pw_uid, user.pw_gid)
-    data, port = folder / "data", free_port()
-    run_as = {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
-
-    def pg(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, timeout=60, cwd=folder, **run_as)  # type: ignore[call-overload]
-
-    try:
-        pg(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "quality", "--no-sync", "-E", "UTF8")
-        pg(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
-           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-        yield f"postgresql+psycopg://quality@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            pg(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url
 
 
 def test_two_service_processes_share_one_log_in_postgres(
@@ -101,16 +67,28 @@ def test_two_service_processes_share_one_log_in_postgres(
     assert logged == set(ids), "every answered prediction of both processes is in the log after a graceful stop"
 
 
+@pytest.mark.parametrize("kill", [False, True], ids=["restarted", "service-killed"])
+def test_no_answered_row_is_lost_while_postgres_is_stopped_and_started_under_load(
+    postgres: Postgres, tiny_model_path: Path, tmp_path: Path, kill: bool
+) -> None:
+    result = outage(postgres, f"outage_{int(kill)}", tiny_model_path, tmp_path, outage_s=3.0, clients=4,
+                    kill=kill, before_s=1.0, after_s=1.0, catch_up_timeout_s=60)
+    assert result.failed == 0, result
+    assert result.answered > 20, result
+    assert result.spooled_peak > 0, result
+    assert (result.lost, result.dropped) == (0, 0), result
+
+
 def test_the_gates_queries_and_the_audit_run_on_postgres(postgres_url: str) -> None:
     store = Store(postgres_url)
     write_pairs(store, "7", "8", wins=3, at=1000.0)
     write_pairs(store, "7", "8", wins=2, at=3000.0)
-    assert store.judged_pairs("7", "8", since=0.0) == [("defective", "functional", "defective", 5)]
-    assert store.judged_pairs("7", "8", since=2000.0) == [("defective", "functional", "defective", 2)]
-    store.record_decision(Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}'))
-    assert store.decisions(limit=1) == [Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}')]
+    assert judged_pairs(store, "7", "8", since=0.0) == [("defective", "functional", "defective", 5)]
+    assert judged_pairs(store, "7", "8", since=2000.0) == [("defective", "functional", "defective", 2)]
+    record_decision(store, Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}'))
+    assert last_decisions(store, limit=1) == [Decision(2000.0, "promote", "7", "8", "gate", '{"evidence": 21.0}')]
     record = PredictionRecord.of("pg-unjudged", "served", Answerer("7", "onnxruntime", "fp32",
                                  ("functional", "defective")), 0.1, "functional", 0.5, ImageFacts.of(b"x", keep=True))
     store.write([PredictionRecord(**{**record.__dict__, "time": 500.0})])
-    assert store.forget_unjudged_images(cutoff=600.0) == 1
+    assert forget_unjudged_images(store, cutoff=600.0) == 1
     store.close()
