@@ -28,7 +28,7 @@ from service.core.cpu import available_cpus
 from service.core.decode_memory import DecodeBudget, DecodeBusyError, DecodeLimits, decode_limits
 from service.core.direct import DirectPredictor
 from service.core.failures import BusyError, OverloadedError, ReloadRefusedError, one_line
-from service.core.input_stats import DriftMonitor
+from service.core.input_stats import DriftMonitor, ImageSummary, summarize  # issue 34
 from service.core.lanes import Lanes, Processed, process
 from service.core.memory import available_memory
 from service.core.metrics import Metrics
@@ -144,6 +144,7 @@ class Answer:
     probabilities: list[float]
     model: ServedModel
     inputs: Sequence[np.ndarray] = ()  # the preprocessed arrays, for the shadow version
+    sha256s: Sequence[str | None] = ()  # issue 34: the files' hashes, made on the decode threads, for the log
 
 
 class Pipeline:
@@ -386,9 +387,11 @@ class Pipeline:
         images of a call go to one version). One of the two entry points, with answer_arrays."""
         model = self.model
         direct = model.direct
-        if direct is None:
-            arrays = await self.decode(images, deadline)
-            return await self.answer_arrays(arrays, deadline)
+        if direct is None:  # issue 34: summaries and hashes from the decode threads (4 lines)
+            decoded = await self._process(images, deadline, None)
+            batched = await self.answer_arrays([p.array for p in decoded], deadline, served_inputs=False)
+            self._record([p.summary for p in decoded], batched.probabilities)
+            return replace(batched, sha256s=[p.sha256 for p in decoded])
         try:
             direct.admit(len(images))
         except OverloadedError as exc:
@@ -400,8 +403,8 @@ class Pipeline:
             self.metrics.queue_depth.set(direct.queued)
         probabilities: list[float] = [p.result for p in processed]  # type: ignore[misc]
         arrays = [p.array for p in processed]
-        self._observe(arrays, probabilities)
-        return Answer(probabilities, model, arrays)
+        self._record([p.summary for p in processed], probabilities)  # issue 34
+        return Answer(probabilities, model, arrays, [p.sha256 for p in processed])  # issue 34
 
     async def decode(self, images: Sequence[EncodedImage], deadline: float) -> list[np.ndarray]:
         """Runs the shared preprocessing off the event loop, each decode within the memory budget in the lane its
@@ -412,15 +415,17 @@ class Pipeline:
         self, images: Sequence[EncodedImage], deadline: float, then: Callable[[np.ndarray], float] | None
     ) -> list[Processed[float]]:
         """Every image through its lane (and `then` on the thread that decoded it), within the deadline."""
+        digest = self.quality.hashes_images  # issue 34: the log's sha256 on the decode thread
         try:
             async with asyncio.timeout_at(deadline):
                 if len(images) == 1:  # most requests: no task per image, no gather
                     try:
-                        return [await process(self.lanes, images[0].data, deadline, then)]
+                        return [await process(self.lanes, images[0].data, deadline, then, digest=digest)]
                     except (ImageError, DecodeBusyError) as exc:
                         raise self._failure(images[0], exc) from exc
                 results = await asyncio.gather(
-                    *(process(self.lanes, image.data, deadline, then) for image in images), return_exceptions=True
+                    *(process(self.lanes, image.data, deadline, then, digest=digest) for image in images),
+                    return_exceptions=True,
                 )
         except TimeoutError as exc:
             raise self.busy("the request did not finish in time" if then else "decoding took too long") from exc
@@ -445,10 +450,15 @@ class Pipeline:
         return self.busy(f"overloaded ({exc})")
 
     def _observe(self, arrays: Sequence[np.ndarray], probabilities: Sequence[float]) -> None:
-        """Served inputs and answers into the drift metrics."""
+        """Served inputs and answers into the drift metrics: arrays that did not come through the lanes (/v2
+        tensors, /explain) are summarised here."""
         if arrays:
-            statistics = self.drift.observe(arrays, probabilities, self.threshold())
-            self.metrics.observe_inputs(statistics)
+            self._record([summarize(array) for array in arrays], probabilities)  # issue 34
+
+    def _record(self, summaries: Sequence[ImageSummary], probabilities: Sequence[float]) -> None:
+        """issue 34: inputs summarised on the decode threads: only appends on the event loop."""
+        self.drift.record(summaries, probabilities, self.threshold())
+        self.metrics.observe_inputs(summaries)
 
     async def answer_arrays(
         self, arrays: Sequence[np.ndarray], deadline: float, *, served_inputs: bool = True
@@ -476,7 +486,7 @@ class Pipeline:
         """An id per prediction of a served answer (the order of `images`, the encoded files or tensors): its row
         queued for the prediction log and, in shadow rollout, its input offered to the shadow version."""
         return await self.quality.record(
-            answer.model.answerer, images, answer.probabilities, threshold, answer.inputs
+            answer.model.answerer, images, answer.probabilities, threshold, answer.inputs, answer.sha256s  # issue 34
         )
 
     def busy(self, why: str, kind: type[BusyError] = BusyError) -> BusyError:
