@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app so tests can build several apps in one process.
 
-The HTTP series are recorded by `service.edge.metrics_middleware` at the edge; the rest by the pipeline."""
+The HTTP series are recorded by `service.edge.middleware` at the edge; the rest by the pipeline."""
 
 from __future__ import annotations
 

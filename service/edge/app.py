@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -21,9 +22,7 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
-from service.edge.headers import SecurityHeaders
-from service.edge.limits import BodySizeLimit
-from service.edge.metrics_middleware import MetricsMiddleware
+from service.edge.middleware import EdgeMiddleware
 from service.edge.routes import admin, docs, explain, health, page, predict, quality
 from service.edge.routes.v2 import routes as v2
 
@@ -97,15 +96,17 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
     if settings.ui_enabled:
         page.install(app)
     install_error_handlers(app)
-    # Last added runs first: metrics see every response, including 413s from the body limit.
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-API-Key"],
-        )
-    app.add_middleware(MetricsMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"])
-    app.add_middleware(SecurityHeaders)
+    cors = (
+        partial(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "X-API-Key"])
+        if settings.cors_origins else None
+    )
+    if cors is not None:
+        app.add_middleware(cors.func, **cors.keywords)
+    # Last added runs first: the service's one middleware sees every answer, CORS's and the body limit's 413
+    # (sent through CORS too, so browsers can read it).
+    app.add_middleware(
+        EdgeMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"],
+        max_body_bytes=settings.max_body_bytes, refusal=cors or (lambda inner: inner),
+    )
     return app
