@@ -96,13 +96,18 @@ class ServerSettings(BaseSettings):
     model_config = _CONFIG
 
     # This machine only unless asked; the Docker image sets HOST=0.0.0.0 (its port is published instead).
-    host: str = Field("127.0.0.1", description="the interface uvicorn listens on; 0.0.0.0 for every interface")
-    port: int = Field(8000, ge=1, le=65535, description="the port uvicorn listens on")
+    host: str = Field("127.0.0.1", description="the interface the server listens on; 0.0.0.0 for every interface")
+    port: int = Field(8000, ge=1, le=65535, description="the port the server listens on")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="the service's and uvicorn's log level; debug adds the access log"
+        "info", description="the service's and the HTTP server's log level; debug adds the access log"
     )
     graceful_shutdown_s: float = Field(
         8.0, gt=0, description="time in-flight requests get after SIGTERM; under docker stop's 10 s"
+    )
+    # Both keep the same limits, drain and start-up checks (service.entrypoints.server). Granian's HTTP I/O
+    # runs in Rust threads, off the event loop: BENCHMARKS.md (issue 34) has the alternated runs.
+    http_server: Literal["uvicorn", "granian"] = Field(
+        "uvicorn", description="the HTTP server: uvicorn (uvloop, httptools) or granian (Rust HTTP I/O, embedded)"
     )
     api_key: SecretStr | None = Field(None, description="when set, /predict, /explain, /v2 infer and /admin need it")
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -22,7 +22,7 @@ from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
-from service.edge.middleware import EdgeMiddleware
+from service.edge.middleware import EdgeMiddleware, InFlight
 from service.edge.routes import admin, docs, explain, health, page, predict, quality
 from service.edge.routes.v2 import routes as v2
 
@@ -34,6 +34,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
     """The app over `pipeline` (loaded, not yet started), or over one its lifespan loads from `settings`.
     `warm_up_s`: the caller already warmed `pipeline` up in that many seconds; None: the lifespan does."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
+    in_flight = InFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Pipeline]]:
@@ -72,6 +73,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
         try:
             yield {"pipeline": serving}
         finally:
+            # Requests still in flight (an upload under way) are admitted and answered before the pipeline stops.
+            if not await in_flight.drained(settings.graceful_shutdown_s):
+                log.warning("%d requests still in flight after GRACEFUL_SHUTDOWN_S", in_flight.count)
             await serving.stop()
             log.info("stopped after answering every admitted request")
 
@@ -107,6 +111,6 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *, warm_up_
     # (sent through CORS too, so browsers can read it).
     app.add_middleware(
         EdgeMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"],
-        max_body_bytes=settings.max_body_bytes, refusal=cors or (lambda inner: inner),
+        max_body_bytes=settings.max_body_bytes, refusal=cors or (lambda inner: inner), in_flight=in_flight,
     )
     return app

@@ -7,6 +7,7 @@ of the app's middleware, so the body limit's 413s and CORS answers get the heade
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -18,6 +19,34 @@ from service.core.failures import PayloadTooLargeError
 from service.core.metrics import Metrics
 from service.edge.errors import error_key_for, protocol_for, status_for
 from service.edge.headers import ENCODED_HEADERS
+
+
+class InFlight:
+    """HTTP requests being served now, so the lifespan's shutdown can wait for them before it stops the
+    pipeline. uvicorn already waits for them before the lifespan ends; Granian's embedded server starts the
+    lifespan's shutdown as soon as it stops accepting, while requests admitted earlier may still be uploading."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """True when no request is in flight, waiting up to timeout_s for the last to end."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 class BodyTooLargeError(Exception):
@@ -50,9 +79,10 @@ class EdgeMiddleware:
 
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, route_templates: Callable[[], Iterable[str]], max_body_bytes: int,
-        refusal: Callable[[ASGIApp], ASGIApp] = lambda app: app,
+        refusal: Callable[[ASGIApp], ASGIApp] = lambda app: app, in_flight: InFlight | None = None,
     ) -> None:
         self.app = app
+        self.in_flight = in_flight or InFlight()
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._route_templates = route_templates
@@ -76,6 +106,7 @@ class EdgeMiddleware:
 
         received = 0
         limit = self.max_body_bytes
+        self.in_flight.enter()
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -97,6 +128,7 @@ class EdgeMiddleware:
                 if not started:
                     await self._refuse(scope, receive, edge_send)
         finally:
+            self.in_flight.leave()
             route = self._route_of(scope)
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
