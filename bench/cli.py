@@ -23,7 +23,7 @@ log = logging.getLogger("bench")
 PARTS = ("ceiling", "preprocess", "e2e", "fairness", "alternated")
 SERVERS = (targets.SERVICE, targets.SERVICE_FP32, targets.SERVICE_INT8, targets.BASELINE_OPENVINO,
            targets.BASELINE_ONNX, targets.BASELINE_KERAS, targets.SERVICE_LOG_OFF, targets.SERVICE_GRANIAN)
-# The servers the alternated part compares (issue 34's table): the service as installed, with the prediction
+# The servers the alternated part compares: the service as installed, with the prediction
 # log off, on Granian, and the 25-line server (c), the reference of its ratios.
 ALTERNATED_SERVERS = (targets.SERVICE, targets.SERVICE_LOG_OFF, targets.SERVICE_GRANIAN, targets.BASELINE_OPENVINO)
 LOG_DIR = Path(tempfile.gettempdir()) / "cell-classifier-bench" / "logs"

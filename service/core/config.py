@@ -105,7 +105,7 @@ class ServerSettings(BaseSettings):
         8.0, gt=0, description="time in-flight requests get after SIGTERM; under docker stop's 10 s"
     )
     # Both keep the same limits, drain and start-up checks (service.entrypoints.server). Granian's HTTP I/O
-    # runs in Rust threads, off the event loop: BENCHMARKS.md (issue 34) has the alternated runs.
+    # runs in Rust threads, off the event loop: BENCHMARKS.md has the alternated runs.
     http_server: Literal["uvicorn", "granian"] = Field(
         "uvicorn", description="the HTTP server: uvicorn (uvloop, httptools) or granian (Rust HTTP I/O, embedded)"
     )

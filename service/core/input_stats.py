@@ -70,7 +70,7 @@ def bin_index(statistic: Statistic, values: np.ndarray) -> np.ndarray:
 class ImageSummary:
     """One served input's statistics and their bins, computed on the worker thread that holds the image, so the
     event loop only appends them (DriftMonitor.record). With the numpy on the loop, the drift statistics were
-    about a tenth of the loop's GIL time at 16 connections (py-spy, issue 34)."""
+    about a tenth of the loop's GIL time at 16 connections (py-spy; BENCHMARKS.md)."""
 
     mean_gray: float
     contrast: float

@@ -32,7 +32,7 @@ PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 def serving(request: Request) -> Pipeline:
     """The hot routes' (/predict, /v2 infer) API key check, then their pipeline, in plain calls: FastAPI's
     dependency solving of the same two (with APIKeyHeader under the key) was about a third of the event loop's
-    time per request in the app (cProfile, in process, 16 concurrent ELPV requests; issue 34). Their OpenAPI
+    time per request in the app (cProfile, in process, 16 concurrent ELPV requests; BENCHMARKS.md). Their OpenAPI
     operations state the key with API_KEY_SECURITY."""
     check_api_key(request)
     pipeline = ready_pipeline(request)

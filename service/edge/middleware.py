@@ -1,7 +1,7 @@
 """The service's one ASGI middleware: common headers, HTTP metrics and the body limit on every answer.
 
 One pure ASGI layer instead of three: each wrapped `send` (and `receive`) is a coroutine per message on the
-event loop, and at 16 connections the loop, not the engine, was the bottleneck (py-spy, issue 34). Outermost
+event loop, and at 16 connections the loop, not the engine, was the bottleneck (py-spy; BENCHMARKS.md). Outermost
 of the app's middleware, so the body limit's 413s and CORS answers get the headers and are counted too.
 """
 
