@@ -14,15 +14,18 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, corpora, cpu, endtoend, fairness, load, preprocessing, targets, training_speed
+from bench import alternated, ceiling, corpora, cpu, endtoend, fairness, load, preprocessing, targets, training_speed
 from bench.machine import describe
 from bench.report import RESULTS_DIR, Results, render, write
 from bench.servers import ServerError, ServerSpec, baseline_spec, service_spec
 
 log = logging.getLogger("bench")
-PARTS = ("ceiling", "preprocess", "e2e", "fairness")
+PARTS = ("ceiling", "preprocess", "e2e", "fairness", "alternated")
 SERVERS = (targets.SERVICE, targets.SERVICE_FP32, targets.SERVICE_INT8, targets.BASELINE_OPENVINO,
-           targets.BASELINE_ONNX, targets.BASELINE_KERAS)
+           targets.BASELINE_ONNX, targets.BASELINE_KERAS, targets.SERVICE_LOG_OFF, targets.SERVICE_GRANIAN)
+# The servers the alternated part compares: the service as installed, with the prediction
+# log off, on Granian, and the 25-line server (c), the reference of its ratios.
+ALTERNATED_SERVERS = (targets.SERVICE, targets.SERVICE_LOG_OFF, targets.SERVICE_GRANIAN, targets.BASELINE_OPENVINO)
 LOG_DIR = Path(tempfile.gettempdir()) / "cell-classifier-bench" / "logs"
 # (full, --quick) defaults for the options left unset.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -34,6 +37,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "elpv_files": (64, 16),
     "training_images": (320, 64),
     "fairness_duration": (20, 3),
+    "rounds": (3, 1),
 }
 
 
@@ -78,8 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help=f"comma list of {', '.join(PARTS)} (default: all)")
     what.add_argument("--training", action="store_true",
                       help="also measure training images/s (float32 and mixed_bfloat16; needs TensorFlow)")
-    what.add_argument("--servers", type=_names(SERVERS), default=SERVERS,
-                      help=f"comma list of {', '.join(SERVERS)} (default: all)")
+    what.add_argument("--servers", type=_names(SERVERS), default=SERVERS[:6],
+                      help=f"comma list of {', '.join(SERVERS)} for the e2e part (default: the first six)")
+    what.add_argument("--alternated-servers", type=_names(SERVERS), default=ALTERNATED_SERVERS,
+                      help=f"the alternated part's servers (default: {', '.join(ALTERNATED_SERVERS)})")
     what.add_argument("--corpora", type=_names(corpora.CORPUS_NAMES), default=corpora.CORPUS_NAMES,
                       help=f"comma list of {', '.join(corpora.CORPUS_NAMES)} (default: all)")
     models = p.add_argument_group("models")
@@ -100,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     timing.add_argument("--preprocess-seconds", type=float, help="seconds per corpus and decoder (3 / 0.5)")
     timing.add_argument("--elpv-files", type=int, help="ELPV cells in the corpus (64 / 16)")
     timing.add_argument("--training-images", type=int, help="images in the timed training epoch (320 / 64)")
+    timing.add_argument("--rounds", type=int, help="alternated rounds per corpus, 16 connections (3 / 1)")
     timing.add_argument("--fairness-duration", type=int,
                         help="whole seconds of small requests alone, then beside the large uploads (20 / 3)")
     out = p.add_argument_group("output")
@@ -111,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, (full, quick) in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.duration < 1 or args.warmup < 0 or args.fairness_duration < 1:
+    if args.duration < 1 or args.warmup < 0 or args.fairness_duration < 1 or args.rounds < 1:
         p.error("--duration and --fairness-duration must be at least 1 s and --warmup not negative")
     if args.int8_model is None:
         beside = args.model.with_name("model.int8.onnx")
@@ -126,11 +133,13 @@ def _model_card(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _specs(args: argparse.Namespace) -> list[ServerSpec]:
+def _specs(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> list[ServerSpec]:
     env = dict(args.service_env)
     specs = {
         targets.SERVICE: service_spec(targets.SERVICE, args.model, env),
         targets.SERVICE_FP32: service_spec(targets.SERVICE_FP32, args.model, {**env, "PRECISION": "fp32"}),
+        targets.SERVICE_LOG_OFF: service_spec(targets.SERVICE_LOG_OFF, args.model, {**env, "PREDICTION_LOG": "false"}),
+        targets.SERVICE_GRANIAN: service_spec(targets.SERVICE_GRANIAN, args.model, {**env, "HTTP_SERVER": "granian"}),
         # The file the service serves with these settings on this CPU: both servers run one file.
         targets.BASELINE_OPENVINO: baseline_spec(targets.BASELINE_OPENVINO, "bench.baselines.openvino_app",
                                                  {"MODEL_PATH": str(ceiling.served_file(args.model, env))}),
@@ -141,7 +150,7 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
     }
     if args.int8_model is not None:
         specs[targets.SERVICE_INT8] = service_spec(targets.SERVICE_INT8, args.int8_model, env)
-    return [specs[name] for name in args.servers if name in specs]
+    return [specs[name] for name in (names or args.servers) if name in specs]
 
 
 def _estimate_s(args: argparse.Namespace, servers: int) -> float:
@@ -149,7 +158,9 @@ def _estimate_s(args: argparse.Namespace, servers: int) -> float:
     models = (2 if args.int8_model else 1) + 1  # + the served variant and fp32 on its engine
     seconds = models * 3 * args.ceiling_seconds + len(args.corpora) * 2 * args.preprocess_seconds
     fair = 2 * args.fairness_duration + 30 if "fairness" in args.parts else 0
-    return seconds + (e2e if "e2e" in args.parts else 0) + fair + (120 if args.training else 0)
+    runs = len(args.alternated_servers) * len(args.corpora) * (args.rounds * (args.duration + 2) + args.warmup + 3)
+    alternating = runs + 10 * len(args.alternated_servers) if "alternated" in args.parts else 0
+    return seconds + (e2e if "e2e" in args.parts else 0) + fair + alternating + (120 if args.training else 0)
 
 
 def _log_row(row: endtoend.LoadRow) -> None:
@@ -207,6 +218,12 @@ def run(args: argparse.Namespace) -> Results:
         except (ServerError, load.LoadError) as exc:
             log.error("fairness: %s", exc)
             results.fairness_error = str(exc).strip().splitlines()[0]
+    if "alternated" in args.parts:
+        log.info("alternated: %s, %d rounds per corpus", ", ".join(args.alternated_servers), args.rounds)
+        results.alternated = alternated.measure(
+            _specs(args, args.alternated_servers), chosen, 16, args.duration, args.warmup, args.rounds, LOG_DIR,
+            reference=targets.BASELINE_OPENVINO,
+        )
     if args.training:
         for precision in training_speed.PRECISIONS:
             log.info("training: %s, %d images", precision, args.training_images)

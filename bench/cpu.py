@@ -41,10 +41,12 @@ def model_core_ms(ceiling: Sequence[CeilingResult], label: str) -> float | None:
 # onnxruntime; baseline (a)'s Keras model has no row.
 _MODEL = {
     targets.SERVICE: SERVED, targets.SERVICE_INT8: SERVED, targets.SERVICE_FP32: SERVED_FP32,
+    targets.SERVICE_LOG_OFF: SERVED, targets.SERVICE_GRANIAN: SERVED,
     targets.BASELINE_OPENVINO: SERVED, targets.BASELINE_ONNX: "fp32",
 }
 _DECODE = {
     targets.SERVICE: "service_cpu_ms", targets.SERVICE_INT8: "service_cpu_ms",
+    targets.SERVICE_LOG_OFF: "service_cpu_ms", targets.SERVICE_GRANIAN: "service_cpu_ms",
     targets.SERVICE_FP32: "service_cpu_ms", targets.BASELINE_OPENVINO: "draft_decode_cpu_ms",
     targets.BASELINE_ONNX: "full_decode_cpu_ms", targets.BASELINE_KERAS: "full_decode_cpu_ms",
 }

@@ -32,6 +32,8 @@ class LoadRow:
     peak_rss_mib: float | None
     # The server's process tree's CPU time over the run ÷ requests answered (bench/cpu.py).
     core_ms_per_request: float | None = None
+    # The same CPU time ÷ the run's seconds: how much of the machine the server used.
+    cores_busy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,4 +124,5 @@ def _one_run(server: Server, corpus: Corpus, connections: int, duration_s: int) 
         non_2xx=result.non_2xx, socket_errors=result.socket_errors,
         peak_rss_mib=server.peak_rss_mib() if reset else None,
         core_ms_per_request=core_ms_per_request(cpu_s, result.requests),
+        cores_busy=cpu_s / result.duration_s if result.duration_s > 0 else None,
     )

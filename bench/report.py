@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import alternated
+from bench.alternated import Alternated
 from bench.ceiling import CeilingResult
 from bench.corpora import DESCRIPTIONS
 from bench.cpu import CpuRow
@@ -33,6 +35,7 @@ class Results:
     cpu: list[CpuRow] = field(default_factory=list)
     fairness: FairnessResult | None = None
     fairness_error: str | None = None
+    alternated: Alternated | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
@@ -45,6 +48,7 @@ class Results:
             "cpu": [{**asdict(c), "beyond_ms": c.beyond_ms} for c in self.cpu],
             "fairness": self.fairness.to_json() if self.fairness else None,
             "fairness_error": self.fairness_error,
+            "alternated": asdict(self.alternated) if self.alternated else None,
             "targets": [{**asdict(t), "verdict": t.verdict, "margin": t.margin} for t in self.targets],
         })
 
@@ -117,11 +121,11 @@ def _endtoend(endtoend: EndToEnd) -> list[str]:
     rows = [
         (r.server, r.corpus, r.connections, _num(r.requests_per_s), _num(r.p50_ms), _num(r.p90_ms),
          _num(r.p99_ms), r.requests, r.non_2xx, r.socket_errors, _num(r.peak_rss_mib, 0),
-         _num(r.core_ms_per_request, 2))
+         _num(r.core_ms_per_request, 2), _num(r.cores_busy, 2))
         for r in endtoend.rows
     ]
     headers = ("server", "corpus", "conn", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "non-2xx",
-               "socket errors", "peak RSS MiB", "core-ms/req")
+               "socket errors", "peak RSS MiB", "core-ms/req", "cores busy")
     servers = [
         (s.server, _num(s.startup_s, 2), _num(s.rss_at_ready_mib, 0), _num(s.peak_rss_under_load_mib, 0),
          s.error or "")
@@ -222,6 +226,8 @@ def render(results: Results) -> str:
         lines += _endtoend(results.endtoend)
     if results.cpu:
         lines += _cpu(results.cpu)
+    if results.alternated:
+        lines += alternated.render(results.alternated)
     lines += _fairness(results.fairness, results.fairness_error)
     if results.training:
         lines += _training(results.training)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # bench.cpu and bench.fairness name this module's servers
 SERVICE: Final = "service"
 SERVICE_INT8: Final = "service-int8"
 SERVICE_FP32: Final = "service-fp32"  # the service with PRECISION=fp32
+SERVICE_LOG_OFF: Final = "service-log-off"  # the service with PREDICTION_LOG=false
+SERVICE_GRANIAN: Final = "service-granian"  # the service with HTTP_SERVER=granian
 BASELINE_KERAS: Final = "baseline-a-keras"
 BASELINE_ONNX: Final = "baseline-b-onnx"
 BASELINE_OPENVINO: Final = "baseline-c-openvino"  # the 25-line FastAPI + OpenVINO server

@@ -96,16 +96,21 @@ class ServerSettings(BaseSettings):
     model_config = _CONFIG
 
     # This machine only unless asked; the Docker image sets HOST=0.0.0.0 (its port is published instead).
-    host: str = Field("127.0.0.1", description="the interface uvicorn listens on; 0.0.0.0 for every interface")
-    port: int = Field(8000, ge=1, le=65535, description="the port uvicorn listens on")
+    host: str = Field("127.0.0.1", description="the interface the server listens on; 0.0.0.0 for every interface")
+    port: int = Field(8000, ge=1, le=65535, description="the port the server listens on")
     # KServe's model server takes 8081 for gRPC beside 8080 for REST; 8081 beside PORT's 8000 here.
     grpc_enabled: bool = Field(True, description="serve the Open Inference Protocol over gRPC (and gRPC health)")
     grpc_port: int = Field(8081, ge=1, le=65535, description="the port the gRPC door listens on, on HOST")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="the service's and uvicorn's log level; debug adds the access log"
+        "info", description="the service's and the HTTP server's log level; debug adds the access log"
     )
     graceful_shutdown_s: float = Field(
         8.0, gt=0, description="time in-flight requests get after SIGTERM; under docker stop's 10 s"
+    )
+    # Both keep the same limits, drain and start-up checks (service.entrypoints.server). Granian's HTTP I/O
+    # runs in Rust threads, off the event loop: BENCHMARKS.md has the alternated runs.
+    http_server: Literal["uvicorn", "granian"] = Field(
+        "uvicorn", description="the HTTP server: uvicorn (uvloop, httptools) or granian (Rust HTTP I/O, embedded)"
     )
     api_key: SecretStr | None = Field(
         None, description="when set, /predict, /explain, /v2 infer, gRPC ModelInfer and /admin need it"

@@ -9,8 +9,10 @@ worth a look, above 0.25 a different population.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
@@ -45,9 +47,8 @@ def image_statistics(batch: np.ndarray | Sequence[np.ndarray]) -> dict[Statistic
     level and contrast.
 
     One pass for both moments (the variance as E[x^2] - E[x]^2, exact enough in float64 for 0-255 levels)
-    instead of numpy's std, and a list converted straight to float64 (one copy, no separate stack): it runs
-    on the event loop for every served image, where the profile under load (py-spy and cProfile at 16
-    connections) had numpy's mean, std and the stack before them at a quarter of the loop's busy time."""
+    instead of numpy's std, and a list converted straight to float64 (one copy, no separate stack). Served
+    images are summarised one at a time by `summarize`, on the thread that decoded them."""
     flat = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
     count = max(flat.shape[1], 1)
     mean = flat.sum(axis=1) / count
@@ -63,6 +64,35 @@ def bin_index(statistic: Statistic, values: np.ndarray) -> np.ndarray:
     """The bin of each value; values beyond the last edge fall in the last bin."""
     edges = _EDGE_ARRAYS[statistic]
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSummary:
+    """One served input's statistics and their bins, computed on the worker thread that holds the image, so the
+    event loop only appends them (DriftMonitor.record). With the numpy on the loop, the drift statistics were
+    about a tenth of the loop's GIL time at 16 connections (py-spy; BENCHMARKS.md)."""
+
+    mean_gray: float
+    contrast: float
+    mean_gray_bin: int
+    contrast_bin: int
+
+
+_LAST_BIN: Final = {name: len(edges) - 2 for name, edges in EDGES.items()}
+
+
+def _bin(statistic: Statistic, value: float) -> int:
+    """bin_index for one value, in plain Python (a 17-edge bisect; no array for one number)."""
+    return min(max(bisect_right(EDGES[statistic], value) - 1, 0), _LAST_BIN[statistic])
+
+
+def summarize(image: np.ndarray) -> ImageSummary:
+    """One (100, 100, 1) model input -> its ImageSummary: the same moments as image_statistics, for one image."""
+    flat = np.asarray(image, dtype=np.float64).ravel()
+    count = max(flat.size, 1)
+    mean = float(flat.sum()) / count
+    contrast = max(float(flat @ flat) / count - mean * mean, 0.0) ** 0.5
+    return ImageSummary(mean, contrast, _bin("mean_gray", mean), _bin("contrast", contrast))
 
 
 def profile_of(batches: Iterable[np.ndarray]) -> InputProfile:
@@ -91,7 +121,8 @@ def population_stability_index(expected: Sequence[float], observed: Sequence[flo
 
 class DriftMonitor:
     """The last `window` served inputs, binned like the training profile, and how many predictions lay near
-    the decision threshold. Called from the event loop only, so it needs no lock."""
+    the decision threshold. Called from the event loop only (appends of summaries made on worker threads), so
+    it needs no lock."""
 
     def __init__(self, profile: InputProfile | None, window: int, near_margin: float) -> None:
         self.profile = profile
@@ -101,12 +132,18 @@ class DriftMonitor:
 
     def observe(
         self, batch: np.ndarray | Sequence[np.ndarray], probabilities: Sequence[float], threshold: float
-    ) -> dict[Statistic, np.ndarray]:
-        stats = image_statistics(batch)
-        for name in STATISTICS:
-            self._bins[name].extend(bin_index(name, stats[name]).tolist())
+    ) -> list[ImageSummary]:
+        """Summarises the inputs here (numpy: off the event loop where it can be) and records them."""
+        summaries = [summarize(image) for image in batch]
+        self.record(summaries, probabilities, threshold)
+        return summaries
+
+    def record(self, summaries: Sequence[ImageSummary], probabilities: Sequence[float], threshold: float) -> None:
+        """Inputs already summarised: appends only."""
+        for summary in summaries:
+            self._bins["mean_gray"].append(summary.mean_gray_bin)
+            self._bins["contrast"].append(summary.contrast_bin)
         self._near.extend(abs(p - threshold) < self.near_margin for p in probabilities)
-        return stats
 
     @property
     def images(self) -> int:

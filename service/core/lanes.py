@@ -10,12 +10,14 @@ lane (at most until its deadline: 503 with Retry-After), and small images never 
 
 One trip per image in the common case: the header, the estimate, the reservation, the decode and (on the direct
 path) the inference run together on one thread. Only a large image, or one that finds the budget full, takes
-a second trip.
+a second trip. The per-image bookkeeping rides the same trip: the input's drift summary and, when asked, the
+file's sha256 for the prediction log, so the event loop only appends them (no numpy, no hashing on the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from PIL import Image
 from service.core.config import Settings
 from service.core.cpu import available_cpus
 from service.core.decode_memory import DecodeBudget
+from service.core.input_stats import ImageSummary, summarize
 from service.core.preprocessing import estimate_decode_bytes, open_image, preprocess_image
 
 T = TypeVar("T")
@@ -40,10 +43,13 @@ def lane_threads(settings: Settings) -> int:
 
 @dataclass(frozen=True)
 class Processed(Generic[T]):
-    """One image's model input and what `then` made of it on the same thread (its probability, or None)."""
+    """One image's model input and what `then` made of it on the same thread (its probability, or None), with
+    the bookkeeping done there too: the input's drift summary and the file's sha256 (None unless asked)."""
 
     array: np.ndarray
     result: T | None
+    summary: ImageSummary
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,48 +71,53 @@ class _Deferred:
     image: Image.Image
     nbytes: int
     large: bool
+    sha256: str | None
 
 
 def _decode(
-    image: Image.Image, then: Callable[[np.ndarray], T] | None, release: Callable[[], None] | None = None
+    image: Image.Image, then: Callable[[np.ndarray], T] | None, sha256: str | None,
+    release: Callable[[], None] | None = None,
 ) -> Processed[T]:
-    """On a lane thread whose reservation is held: decode, `release` it (when the thread owns it), run `then`."""
+    """On a lane thread whose reservation is held: decode, `release` it (when the thread owns it), run `then`
+    and summarise the input."""
     try:
         with image:
             array = preprocess_image(image)
     finally:
         if release is not None:
             release()
-    return Processed(array, then(array) if then is not None else None)
+    return Processed(array, then(array) if then is not None else None, summarize(array), sha256)
 
 
 def _decode_and_then(
     image: Image.Image, nbytes: int, budget: DecodeBudget, loop: asyncio.AbstractEventLoop,
-    then: Callable[[np.ndarray], T] | None,
+    then: Callable[[np.ndarray], T] | None, sha256: str | None,
 ) -> Processed[T]:
     """With nbytes reserved by this thread: released as soon as the decode ends (before any inference), whether
     or not its caller still waits."""
-    return _decode(image, then, lambda: budget.release_from_thread(nbytes, loop))
+    return _decode(image, then, sha256, lambda: budget.release_from_thread(nbytes, loop))
 
 
 def _open(
-    data: bytes, lanes: Lanes, loop: asyncio.AbstractEventLoop, then: Callable[[np.ndarray], T] | None
+    data: bytes, lanes: Lanes, loop: asyncio.AbstractEventLoop, then: Callable[[np.ndarray], T] | None,
+    digest: bool,
 ) -> Processed[T] | _Deferred:
-    """On a common-lane thread: header, estimate, and everything else here when the image is small and the
-    budget has room now."""
+    """On a common-lane thread: header, estimate, the file's sha256 (when `digest`; hashlib releases the GIL),
+    and everything else here when the image is small and the budget has room now."""
     image = open_image(data, lanes.max_pixels)
     try:
+        sha256 = hashlib.sha256(data).hexdigest() if digest else None
         nbytes = estimate_decode_bytes(image)
         large = nbytes > lanes.large_image_bytes
         if large:
             lanes.budget.check_fits_alone(nbytes)  # a 413 needs no trip to the large lane
-            return _Deferred(image, nbytes, large=True)
+            return _Deferred(image, nbytes, large=True, sha256=sha256)
         if not lanes.budget.try_acquire(nbytes):
-            return _Deferred(image, nbytes, large=False)
+            return _Deferred(image, nbytes, large=False, sha256=sha256)
     except BaseException:
         image.close()
         raise
-    return _decode_and_then(image, nbytes, lanes.budget, loop, then)
+    return _decode_and_then(image, nbytes, lanes.budget, loop, then, sha256)
 
 
 def _reserve_now(
@@ -120,19 +131,20 @@ def _reserve_now(
         raise
     if not reserved:
         return deferred
-    return _decode_and_then(deferred.image, deferred.nbytes, lanes.budget, loop, then)
+    return _decode_and_then(deferred.image, deferred.nbytes, lanes.budget, loop, then, deferred.sha256)
 
 
 async def process(
-    lanes: Lanes, data: bytes, deadline: float | None, then: Callable[[np.ndarray], T] | None = None
+    lanes: Lanes, data: bytes, deadline: float | None, then: Callable[[np.ndarray], T] | None = None,
+    *, digest: bool = False,
 ) -> Processed[T]:
-    """Image bytes -> model input (and `then` of it, on the same thread), the decode admitted by the budget in
-    the lane its cost calls for.
+    """Image bytes -> model input (and `then` of it, on the same thread, and with `digest` the file's sha256),
+    the decode admitted by the budget in the lane its cost calls for.
 
     Raises the ImageError family (DecodeMemoryError, a 413, when the image alone is over the budget) and
     DecodeBusyError (503) when the budget stays full past its wait. The caller bounds the whole by its deadline."""
     loop = asyncio.get_running_loop()
-    outcome = await loop.run_in_executor(lanes.common, _open, data, lanes, loop, then)
+    outcome = await loop.run_in_executor(lanes.common, _open, data, lanes, loop, then, digest)
     if isinstance(outcome, Processed):
         return outcome
     lane = lanes.large if outcome.large else lanes.common
@@ -146,4 +158,6 @@ async def process(
         outcome.image.close()
         raise
     # Reserved by the event loop: run_reserved releases the bytes when the thread ends.
-    return await lanes.budget.run_reserved(lane, outcome.nbytes, _decode, outcome.image, then)  # type: ignore[arg-type]
+    return await lanes.budget.run_reserved(  # type: ignore[arg-type]
+        lane, outcome.nbytes, _decode, outcome.image, then, outcome.sha256
+    )

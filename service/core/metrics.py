@@ -1,14 +1,15 @@
 """Prometheus metrics, one registry per app so tests can build several apps in one process.
 
-The HTTP series are recorded by `service.edge.metrics_middleware` at the edge, the gRPC ones by the gRPC door
+The HTTP series are recorded by `service.edge.middleware` at the edge, the gRPC ones by the gRPC door
 (`service.edge.grpc.servicer`); the rest by the pipeline."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.core.input_stats import STATISTICS, DriftMonitor, Statistic
+from service.core.input_stats import STATISTICS, DriftMonitor, ImageSummary
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -170,11 +171,10 @@ class Metrics:
         self.near_threshold.set_function(monitor.near_threshold_share)
         self.drift_window.set_function(lambda: monitor.images)
 
-    def observe_inputs(self, statistics: dict[Statistic, np.ndarray]) -> None:
-        for value in statistics["mean_gray"]:
-            self.input_mean_gray.observe(value)
-        for value in statistics["contrast"]:
-            self.input_contrast.observe(value)
+    def observe_inputs(self, summaries: Iterable[ImageSummary]) -> None:
+        for summary in summaries:
+            self.input_mean_gray.observe(summary.mean_gray)
+            self.input_contrast.observe(summary.contrast)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

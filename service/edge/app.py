@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,9 +23,7 @@ from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
 from service.edge.errors import install_error_handlers
 from service.edge.grpc.door import GrpcDoor
-from service.edge.headers import SecurityHeaders
-from service.edge.limits import BodySizeLimit
-from service.edge.metrics_middleware import MetricsMiddleware
+from service.edge.middleware import EdgeMiddleware, InFlight
 from service.edge.routes import admin, docs, explain, health, page, predict, quality
 from service.edge.routes.v2 import routes as v2
 
@@ -41,6 +40,7 @@ def create_app(
     `grpc_door`: served beside HTTP over the same pipeline, started and stopped by the lifespan (`python -m
     service` hands one in when GRPC_ENABLED; tests and the Ray ingress serve HTTP only)."""
     metrics = pipeline.metrics if pipeline is not None else Metrics()
+    in_flight = InFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Pipeline]]:
@@ -84,6 +84,9 @@ def create_app(
         finally:
             if grpc_door is not None:
                 await grpc_door.stop()  # before the pipeline: its calls in flight are answered first
+            # Requests still in flight (an upload under way) are admitted and answered before the pipeline stops.
+            if not await in_flight.drained(settings.graceful_shutdown_s):
+                log.warning("%d requests still in flight after GRACEFUL_SHUTDOWN_S", in_flight.count)
             await serving.stop()
             log.info("stopped after answering every admitted request")
 
@@ -108,15 +111,17 @@ def create_app(
     if settings.ui_enabled:
         page.install(app)
     install_error_handlers(app)
-    # Last added runs first: metrics see every response, including 413s from the body limit.
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-API-Key"],
-        )
-    app.add_middleware(MetricsMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"])
-    app.add_middleware(SecurityHeaders)
+    cors = (
+        partial(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "X-API-Key"])
+        if settings.cors_origins else None
+    )
+    if cors is not None:
+        app.add_middleware(cors.func, **cors.keywords)
+    # Last added runs first: the service's one middleware sees every answer, CORS's and the body limit's 413
+    # (sent through CORS too, so browsers can read it).
+    app.add_middleware(
+        EdgeMiddleware, metrics=metrics, route_templates=lambda: app.openapi()["paths"],
+        max_body_bytes=settings.max_body_bytes, refusal=cors or (lambda inner: inner), in_flight=in_flight,
+    )
     return app

@@ -1,4 +1,5 @@
-"""`python -m service` / `serve`: uvicorn with the settings from the environment.
+"""`python -m service` / `serve`: the HTTP server (HTTP_SERVER: uvicorn, or Granian embedded) with the settings
+from the environment.
 
 Every start-up failure, at any stage (the settings, the port, the model's load or its warm-up), is one line
 `cannot start: ...` and exit code 1: everything that can fail runs here, before uvicorn starts.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import logging.config
 import signal
 import socket
 import sys
@@ -109,6 +111,10 @@ def load_pipeline(settings: Settings) -> tuple[Pipeline, float]:
 
 
 def serve(app: FastAPI, settings: Settings, sock: socket.socket, grpc_door: GrpcDoor | None = None) -> None:
+    if settings.http_server == "granian":
+        # The gRPC door stops with the app's lifespan here, not at SIGTERM alongside HTTP as under uvicorn.
+        serve_granian(app, settings, sock)
+        return
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -125,6 +131,59 @@ def serve(app: FastAPI, settings: Settings, sock: socket.socket, grpc_door: Grpc
     logging.getLogger("service").info("listening on http://%s:%d", host, port)
     server.run(sockets=[sock])
     if not server.started:  # the lifespan failed after the checks above; uvicorn logged why
+        cannot_start("the application's start-up failed (its error is logged above)")
+
+
+def serve_granian(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+    """Granian's embedded server: in this process, on this thread's event loop, over the app already loaded (its
+    process-per-worker server would import and load the model again in a child). Its HTTP parsing and socket
+    I/O run in Rust threads, off the GIL. SIGTERM and SIGINT stop it: it stops accepting, the lifespan waits
+    up to GRACEFUL_SHUTDOWN_S for requests in flight (service.edge.middleware.InFlight), then drains the
+    pipeline; a worker still busy after twice GRACEFUL_SHUTDOWN_S (a client that never finishes its upload)
+    is cancelled."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.log import LogLevels
+    from granian.server.embed import Server as Granian
+
+    host, port = sock.getsockname()[:2]
+    # Granian binds its own listener (it takes no socket): ours has proved the port free before the model
+    # loaded, and is let go only now.
+    sock.close()
+    config = log_config(settings)
+    for name in ("_granian", "granian.access"):
+        config["loggers"][name] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    class Embedded(Granian):  # type: ignore[misc]
+        async def _stop_workers(self) -> None:
+            # Granian 2.8.9's own version lets the join's TimeoutError escape instead of killing the worker.
+            for worker in self.wrks:
+                worker.terminate()
+            for worker in self.wrks:
+                try:
+                    await worker.join(self.workers_kill_timeout)
+                except TimeoutError:
+                    logging.getLogger("service").warning("graceful shutdown timed out: cancelling the worker")
+                    worker.kill()
+            self.wrks.clear()
+
+    server = Embedded(
+        app, address=host, port=port, interface=Interfaces.ASGI, http=HTTPModes.http1,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=config, log_access=settings.log_level == "debug",
+    )
+    # The lifespan waits GRACEFUL_SHUTDOWN_S for requests in flight, then drains what the pipeline admitted.
+    server.workers_kill_timeout = 2 * settings.graceful_shutdown_s
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop, server.stop)
+        await server.serve()
+
+    logging.getLogger("service").info("listening on http://%s:%d (granian)", host, port)
+    import uvloop
+
+    uvloop.run(run())
+    if server.interrupt_children:  # the lifespan failed (logged above), or the worker died
         cannot_start("the application's start-up failed (its error is logged above)")
 
 

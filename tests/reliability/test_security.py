@@ -15,6 +15,7 @@ from service.core.decode_memory import decode_limits
 from service.core.memory import available_memory
 from service.edge.app import create_app
 from service.edge.deps import get_pipeline
+from service.edge.routes import predict as predict_route
 from tests.reliability.samples import valid_images
 
 PNG = valid_images()["png-gray"]
@@ -123,15 +124,26 @@ def _assert_leaks_nothing(response: object, *secrets: str) -> None:
         assert secret not in response.text  # type: ignore[attr-defined]
 
 
+def _broken() -> None:
+    raise RuntimeError("cannot open /srv/secret/weights.bin")
+
+
 def test_an_unexpected_error_in_a_dependency_is_a_generic_500(
     unguarded: tuple[FastAPI, TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     app, client = unguarded
+    app.dependency_overrides[get_pipeline] = _broken
+    response = client.get("/model")
+    _assert_leaks_nothing(response, "/srv/secret", "RuntimeError")
+    # The details go to the log for the operator instead.
+    assert "cannot open /srv/secret/weights.bin" in caplog.text
 
-    def broken() -> None:
-        raise RuntimeError("cannot open /srv/secret/weights.bin")
 
-    app.dependency_overrides[get_pipeline] = broken
+def test_an_unexpected_error_in_the_hot_routes_own_checks_is_a_generic_500(
+    unguarded: tuple[FastAPI, TestClient], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = unguarded
+    monkeypatch.setattr(predict_route, "serving", lambda request: _broken())
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
     _assert_leaks_nothing(response, "/srv/secret", "RuntimeError")
     # The details go to the log for the operator instead.

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.core.input_stats import EDGES, DriftMonitor, bin_index, population_stability_index, profile_of
+from service.core.input_stats import (
+    EDGES,
+    DriftMonitor,
+    bin_index,
+    image_statistics,
+    population_stability_index,
+    profile_of,
+    summarize,
+)
 from tests.model_factory import build_tiny_onnx, write_tiny_metadata
 from tests.service.helpers import gray_png, metric
 
@@ -24,6 +32,17 @@ def _noisy(level: float, count: int, seed: int = 0, noise: float = 20.0) -> np.n
 def test_bins_cover_the_whole_gray_range() -> None:
     assert bin_index("mean_gray", np.array([0.0, 15.99, 16.0, 255.0, 256.0])).tolist() == [0, 0, 1, 15, 15]
     assert bin_index("contrast", np.array([0.0, 127.5, 300.0])).tolist() == [0, 15, 15]
+
+
+@pytest.mark.parametrize("level", [0.0, 15.99, 16.0, 127.5, 255.0])
+def test_one_image_is_summarised_as_the_batch_statistics_bin_it(level: float) -> None:
+    image = np.clip(_noisy(level, 1, noise=5.0)[0], 0, 255) if 0 < level < 255 else np.full((100, 100, 1), level)
+    summary = summarize(image)
+    batch = image_statistics(image[np.newaxis])
+    assert summary.mean_gray == pytest.approx(float(batch["mean_gray"][0]))
+    assert summary.contrast == pytest.approx(float(batch["contrast"][0]), abs=1e-6)
+    assert summary.mean_gray_bin == int(bin_index("mean_gray", batch["mean_gray"])[0])
+    assert summary.contrast_bin == int(bin_index("contrast", batch["contrast"])[0])
 
 
 def test_a_profile_holds_fractions_that_sum_to_one() -> None:

@@ -4,6 +4,7 @@ is large, large images in their own lane, reservations held until the decode thr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from PIL import Image
 
 from service.core import lanes as lanes_module
 from service.core.decode_memory import DEFAULT_MAX_PIXELS, DecodeBudget, DecodeBusyError, DecodeMemoryError
+from service.core.input_stats import summarize
 from service.core.lanes import Lanes, process
 from service.core.preprocessing import estimate_decode_bytes, open_image
 from tests.service.helpers import gray_png
@@ -85,6 +87,19 @@ def test_a_large_image_is_decoded_in_the_large_lane_after_its_header_in_the_comm
             return common.trips, large.trips, await released(budget)
 
     assert run(scenario()) == (1, 1, True)
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["common lane", "large lane"])
+@pytest.mark.parametrize("digest", [True, False])
+def test_the_bookkeeping_comes_back_from_the_decode_thread(data: bytes, digest: bool) -> None:
+    async def scenario() -> Any:
+        budget = DecodeBudget(GiB, max_wait_s=0)
+        with CountingExecutor() as common, CountingExecutor() as large:
+            return await process(lanes_of(budget, common, large), data, None, digest=digest)
+
+    done = run(scenario())
+    assert done.summary == summarize(done.array)
+    assert done.sha256 == (hashlib.sha256(data).hexdigest() if digest else None)
 
 
 def test_small_images_keep_flowing_while_the_large_lane_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,20 @@ def test_server_answers_a_png_and_exits_cleanly_on_sigterm(server: Server) -> No
     assert "Application shutdown complete" in server.log
 
 
+def test_granian_serves_the_same_app_and_drains_on_sigterm(tiny_model_path: Path, tmp_path: Path) -> None:
+    spec = service_spec("granian", tiny_model_path, {"LOG_LEVEL": "info", "HTTP_SERVER": "granian"})
+    data = gray_png(180)
+    with Server(spec, tmp_path, ready_timeout_s=90.0) as running:
+        response = httpx.post(f"{running.url}/predict", files={"file": ("cell.png", data, "image/png")}, timeout=10.0)
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["probability"] == pytest.approx(expected_probability(data), abs=1e-6)
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert running.terminate(timeout_s=STOP_TIMEOUT_S) == 0
+    assert "(granian)" in running.log
+    assert "stopped after answering every admitted request" in running.log
+    assert "Traceback" not in running.log
+
+
 def test_starting_the_service_loads_and_warms_the_model_exactly_once(
     tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,8 +25,9 @@ from service.core.quality.store import Store, sqlite_url
 
 log = logging.getLogger(__name__)
 
-# Hashing runs on the event loop up to this many bytes per request (~0.3 ms with SHA extensions); larger
-# uploads (photos) are hashed on a thread.
+# Images that come through the decode lanes are hashed there (Pipeline, service.core.lanes). Others (/v2
+# tensors) are hashed on the event loop up to this many bytes per request (~0.3 ms with SHA extensions),
+# larger ones on a thread.
 HASH_INLINE_BYTES = 512 * 1024
 # A verdict for an id not in the log yet (answered a moment ago, here or by another replica) looks again after
 # FIRST_LOOK_S, doubling up to LAST_LOOK_S, for FEEDBACK_WAIT_S: each look is one primary-key lookup.
@@ -102,16 +103,25 @@ class LiveQuality:
 
     # --- the request path --------------------------------------------------------------------------------
 
+    @property
+    def hashes_images(self) -> bool:
+        """Whether answers need their images' sha256 (a row to log or an input to offer the shadow)."""
+        return self.log is not None or self.shadow.model is not None
+
     async def record(
         self, answerer: Answerer, images: Sequence[bytes], probabilities: Sequence[float], threshold: float,
-        inputs: Sequence[np.ndarray] = (),
+        inputs: Sequence[np.ndarray] = (), sha256s: Sequence[str | None] = (),
     ) -> list[str]:
-        """A new id per answer, in order; the rows queued (never waited for) and the inputs offered to the shadow."""
+        """A new id per answer, in order; the rows queued (never waited for) and the inputs offered to the shadow.
+        `sha256s`: the images' hashes where the decode threads made them already."""
         ids = [new_id() for _ in probabilities]
         if self.log is None and self.shadow.model is None:
             return ids
         keep = self.settings.prediction_log_images
-        if sum(len(data) for data in images) <= HASH_INLINE_BYTES:
+        if len(sha256s) == len(images) and all(sha256s):
+            facts = [ImageFacts(sha256, len(data), data if keep else None)  # type: ignore[arg-type]
+                     for sha256, data in zip(sha256s, images, strict=True)]
+        elif sum(len(data) for data in images) <= HASH_INLINE_BYTES:
             facts = [ImageFacts.of(data, keep=keep) for data in images]
         else:
             facts = await asyncio.to_thread(lambda: [ImageFacts.of(data, keep=keep) for data in images])

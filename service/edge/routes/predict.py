@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from service.edge.deps import PipelineDep
+from service.edge.deps import serving
 from service.edge.encoding import VERSION_HEADER, encode
 from service.edge.schemas import ErrorResponse, PredictResponse
-from service.edge.security import require_api_key
+from service.edge.security import API_KEY_SECURITY
 from service.edge.uploads import arriving_by, read_uploads
 
 router = APIRouter()
@@ -49,18 +49,16 @@ _request_body = {
     "/predict",
     response_model=PredictResponse,
     responses={code: {"model": ErrorResponse, "description": why} for code, why in _errors.items()},
-    openapi_extra={"requestBody": _request_body},
-    dependencies=[Depends(require_api_key)],
+    openapi_extra={"requestBody": _request_body, **API_KEY_SECURITY},
 )
 async def predict(
     request: Request,
-    response: Response,
-    pipeline: PipelineDep,
     threshold: Annotated[
         float | None, Query(ge=0, le=1, description="this request's decision threshold (default: the service's)")
     ] = None,
-) -> PredictResponse:
+) -> Response:
     """Classify images: multipart `file` (or repeated `files`), or a raw image body."""
+    pipeline = serving(request)
     deadline = pipeline.deadline()
     settings = pipeline.settings
     async with arriving_by(deadline, settings.request_timeout_s):
@@ -69,5 +67,9 @@ async def predict(
     names = [image.name for image in images]
     threshold = pipeline.threshold(threshold)
     ids = await pipeline.log_answer([image.data for image in images], answer, threshold)
-    response.headers[VERSION_HEADER] = answer.model.version
-    return encode(answer.model, names, answer.probabilities, threshold, ids)
+    body = encode(answer.model, names, answer.probabilities, threshold, ids)
+    # Serialised here: FastAPI would validate the model the service just built again, then serialise it.
+    return Response(
+        PredictResponse.__pydantic_serializer__.to_json(body), media_type="application/json",
+        headers={VERSION_HEADER: answer.model.version},
+    )

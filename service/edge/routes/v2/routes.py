@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 
 from service.core.decode_memory import MB, DecodeBusyError
 from service.core.failures import NotFoundError, NotReadyError, PayloadTooLargeError, UnsupportedMediaTypeError
 from service.core.labels import label_for
 from service.core.pipeline import EncodedImage, Pipeline
 from service.core.served import ServedModel
-from service.edge.deps import PipelineDep, ready_pipeline
+from service.edge.deps import PipelineDep, ready_pipeline, serving
 from service.edge.encoding import VERSION_HEADER
 from service.edge.errors import V2_PREFIX
 from service.edge.routes.v2 import codec
@@ -29,7 +29,7 @@ from service.edge.routes.v2.schemas import (
     ServerMetadata,
     V2Error,
 )
-from service.edge.security import require_api_key
+from service.edge.security import API_KEY_SECURITY
 from service.edge.uploads import arriving_by
 
 SERVER_NAME = "cell-classifier"
@@ -263,22 +263,20 @@ async def _infer(
 _infer_route: dict[str, Any] = {
     "response_model": InferenceResponse,
     "responses": _infer_responses,
-    "openapi_extra": {"requestBody": _infer_body},
-    "dependencies": [Depends(require_api_key)],
+    # The key and the pipeline are checked by service.edge.deps.serving, not solved as dependencies (hot path).
+    "openapi_extra": {"requestBody": _infer_body, **API_KEY_SECURITY},
 }
 
 
 @router.post("/models/{name}/infer", **_infer_route)
-async def infer(
-    request: Request, pipeline: PipelineDep, name: ModelName, header_length: HeaderLength = None
-) -> Response:
+async def infer(request: Request, name: ModelName, header_length: HeaderLength = None) -> Response:
     """Classify images sent as `image_bytes` (BYTES [N], encoded files) or `input` (FP32 [N,100,100,1], 0-255)."""
-    return await _infer(request, pipeline, name, None, header_length)
+    return await _infer(request, serving(request), name, None, header_length)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_infer_route)
 async def infer_version(
-    request: Request, pipeline: PipelineDep, name: ModelName, version: ModelVersion, header_length: HeaderLength = None
+    request: Request, name: ModelName, version: ModelVersion, header_length: HeaderLength = None
 ) -> Response:
     """Inference on one version of the model; the same inputs and outputs."""
-    return await _infer(request, pipeline, name, version, header_length)
+    return await _infer(request, serving(request), name, version, header_length)
