@@ -14,18 +14,7 @@ import sys
 from pathlib import Path
 
 from training.environment import check_training_dependencies, missing_training_dependency, quiet_tensorflow
-from training.settings import GROUPS, SettingsError, TrainSettings
-
-
-def _filters(text: str) -> tuple[int, ...]:
-    """'8,16,32' -> (8, 16, 32); at most three blocks fit a 100x100 input."""
-    try:
-        counts = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        counts = ()
-    if not 1 <= len(counts) <= 3 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive integers separated by commas, got {text!r}")
-    return counts
+from training.settings import GROUPS, SettingsError, TrainSettings, filters_argument
 
 
 def _threshold(text: str) -> float | str:
@@ -109,7 +98,7 @@ def _fit_options(p: argparse.ArgumentParser, d: TrainSettings) -> None:
                      help="seeds the split, the initial weights and the shuffling")
     fit.add_argument("--resume", action="store_true",
                      help="continue from the last epoch checkpoint in --checkpoint-dir")
-    fit.add_argument("--filters", type=_filters, default=d.recipe.filters,
+    fit.add_argument("--filters", type=filters_argument, default=d.recipe.filters,
                      help="filters per block, comma separated (the seed's by default; smaller for experiments)")
 
 

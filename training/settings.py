@@ -7,6 +7,7 @@ TensorFlow: `train --help` and a bad option answer at once.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -150,3 +151,15 @@ def _first_problem(s: TrainSettings) -> str | None:
     if fit.initial_weights is not None and not fit.initial_weights.is_file():
         return f"--initial-weights {fit.initial_weights} is not a file"
     return None
+
+
+def filters_argument(text: str) -> tuple[int, ...]:
+    """'8,16,32' -> (8, 16, 32), for --filters (train and the accelerator search): at most three blocks fit a
+    100x100 input."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if not 1 <= len(counts) <= 3 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive integers separated by commas, got {text!r}")
+    return counts

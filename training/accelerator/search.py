@@ -44,6 +44,7 @@ from training.evaluate import best_threshold, log_loss
 from training.flips import flip_averaged_predict
 from training.model import SEED_FILTERS, make_model
 from training.schedules import cosine_schedule
+from training.settings import filters_argument
 
 log = logging.getLogger("training.accelerator.search")
 RESULTS = "search.json"
@@ -386,16 +387,6 @@ def _versions() -> dict:
     return found
 
 
-def _filters(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        counts = ()
-    if not 1 <= len(counts) <= 3 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive integers separated by commas, got {text!r}")
-    return counts
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.accelerator.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the .npz training.accelerator.prepare wrote")
@@ -410,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--recipes", help="comma-separated recipe names, in the listed order (default: all)")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (a smoke test; not the search)")
-    p.add_argument("--filters", type=_filters, default=SEED_FILTERS, help="filters per block (the seed's)")
+    p.add_argument("--filters", type=filters_argument, default=SEED_FILTERS, help="filters per block (the seed's)")
     p.add_argument(
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -31,15 +30,6 @@ HEADERS = {"X-API-Key": KEY}
 # version 2 answers the other label for each.
 LEVELS = (10, 200, 40, 230)
 CLASSES = ("functional", "defective")
-
-
-@pytest.fixture
-def model_dir(tiny_model_path: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "versions" / "1"
-    folder.mkdir(parents=True)
-    shutil.copy(tiny_model_path, folder / "model.onnx")
-    shutil.copy(tiny_model_path.with_suffix(".json"), folder / "model.json")
-    return folder.parent
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from bench.postgres import Postgres, unavailable
 from bench.quality_faults import fresh_database
 from service.core.quality.records import Answerer, ImageFacts, PredictionRecord, new_id
 from service.core.quality.store import Store, sqlite_url
@@ -20,15 +19,6 @@ from service.core.quality.store import Store, sqlite_url
 LOG_TABLES = ("predictions", "feedback", "judged")
 SERVED = Answerer("1", "onnxruntime", "fp32", ("functional", "defective"))
 SHADOW = Answerer("2", "onnxruntime", "fp32", ("functional", "defective"))
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    why = unavailable()
-    if why is not None:
-        pytest.skip(why)
-    with Postgres() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from bench.postgres import Postgres, unavailable
+from bench.postgres import Postgres
 from bench.quality_faults import outage
 from bench.servers import Server, service_spec
 from service.core.quality.evidence import forget_unjudged_images, judged_pairs, last_decisions, record_decision
@@ -20,15 +19,6 @@ from tests.service.helpers import gray_png
 from tests.service.quality.test_gatekeeper import write_pairs
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    why = unavailable()
-    if why is not None:
-        pytest.skip(why)
-    with Postgres() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

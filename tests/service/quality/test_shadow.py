@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,15 +22,6 @@ KEY = "admin-key"
 HEADERS = {"X-API-Key": KEY}
 LEVELS = (10, 40, 200, 230)  # far from the midpoint: the flipped model labels each the other way
 ANSWERER = Answerer("2", "onnxruntime", "fp32", ("functional", "defective"))
-
-
-@pytest.fixture
-def model_dir(tiny_model_path: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "versions" / "1"
-    folder.mkdir(parents=True)
-    shutil.copy(tiny_model_path, folder / "model.onnx")
-    shutil.copy(tiny_model_path.with_suffix(".json"), folder / "model.json")
-    return folder.parent
 
 
 def add_flipped_version(model_dir: Path, tiny_model_path: Path) -> None:
