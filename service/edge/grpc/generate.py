@@ -6,11 +6,12 @@ own, not protobuf's default one, because Triton's client registers the same `inf
 pool from its own .proto file, and protobuf refuses a second file that defines them ("duplicate symbol
 'inference.ServerLiveRequest'"): a process that imports tritonclient.grpc (a test, a benchmark, an application
 that also calls Triton) could not import the service otherwise. The wire format does not change.
-tests/service/grpc/test_generated.py regenerates into a temporary folder and fails when the files differ.
+tests/service/test_grpc_generated.py regenerates into a temporary folder and fails when the files differ.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,17 +26,18 @@ _OWN_POOL = "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
 
 def generate() -> dict[str, str]:
     """The generated modules' text, by file name, from the .proto as it is now."""
-    from grpc_tools import protoc  # the dev extra's; imported only when regenerating
-
     with tempfile.TemporaryDirectory() as out:
         proto = PROTO.relative_to(REPO_ROOT).as_posix()
-        # -I the repository root: the modules import each other as service.edge.grpc.*.
-        status = protoc.main([
-            "grpc_tools.protoc", f"-I{REPO_ROOT}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", proto,
-        ])
-        if status != 0:
-            raise RuntimeError(f"protoc failed on {proto} with status {status} (its message is above)")
+        # -I the repository root: the modules import each other as service.edge.grpc.*. In a child process (the
+        # dev extra's grpcio-tools): its embedded protobuf crashed (SIGSEGV) in a test process that had loaded
+        # pyarrow, jaxlib and h5py before it.
+        run = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO_ROOT}", f"--python_out={out}", f"--pyi_out={out}",
+             f"--grpc_python_out={out}", proto],
+            capture_output=True, text=True, check=False,
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"protoc failed on {proto} with status {run.returncode}: {run.stderr.strip()}")
         folder = Path(out) / PROTO.parent.relative_to(REPO_ROOT)
         texts = {name: (folder / name).read_text() for name in GENERATED}
     pb2 = texts["grpc_predict_v2_pb2.py"]
