@@ -89,7 +89,9 @@ def test_a_fold_whose_node_is_lost_resumes_from_its_last_epoch_on_the_other(
     from training.fit import FitSettings, read_history
     from training.folds import stratified_folds
 
-    epochs = 3
+    # Enough epochs that the node's removal (about a second) lands mid-fold on an idle machine too: with 3 the
+    # fold finished first there (the retried attempt started from epoch 3 of 3) in one run of the suite.
+    epochs = 60
     data = load_folder(toy)
     folds = stratified_folds(data, FOLDS, seed=0)
     root = tmp_path / "cv"

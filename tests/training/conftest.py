@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,3 +46,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"))
+
+
+@pytest.fixture(autouse=True)
+def keras_dtype_policy_restored() -> Iterator[None]:
+    """Each test leaves Keras' global dtype policy as it found it: the accelerator search's in-process run set
+    mixed_bfloat16, and every model built after it in the suite's process exported an ONNX file onnxruntime
+    refused (float16 and bfloat16 in one Mul)."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    yield
+    keras.mixed_precision.set_global_policy(before)
