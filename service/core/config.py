@@ -110,7 +110,8 @@ class ServerSettings(BaseSettings):
     # Both keep the same limits, drain and start-up checks (service.entrypoints.server). Granian's HTTP I/O
     # runs in Rust threads, off the event loop: BENCHMARKS.md has the alternated runs.
     http_server: Literal["uvicorn", "granian"] = Field(
-        "uvicorn", description="the HTTP server: uvicorn (uvloop, httptools) or granian (Rust HTTP I/O, embedded)"
+        "uvicorn",
+        description="the HTTP server: uvicorn (uvloop, httptools) or granian (Rust HTTP I/O; the granian extra)",
     )
     api_key: SecretStr | None = Field(
         None, description="when set, /predict, /explain, /v2 infer, gRPC ModelInfer and /admin need it"

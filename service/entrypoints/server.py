@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.util
 import logging
 import logging.config
 import signal
@@ -187,8 +188,16 @@ def serve_granian(app: FastAPI, settings: Settings, sock: socket.socket) -> None
         cannot_start("the application's start-up failed (its error is logged above)")
 
 
+def check_http_server(settings: Settings) -> None:
+    """HTTP_SERVER=granian needs the optional package, refused before the model loads when it is missing."""
+    if settings.http_server == "granian" and importlib.util.find_spec("granian") is None:
+        cannot_start("HTTP_SERVER=granian needs the granian package, an extra: pip install 'cell-classifier[granian]' "
+                     "(the Docker image carries uvicorn only), or unset HTTP_SERVER")
+
+
 def main() -> None:
     settings = read_settings()
+    check_http_server(settings)
     sock = bind(settings)
     check_grpc_port(settings)
     pipeline, warm_up_s = load_pipeline(settings)

@@ -112,3 +112,16 @@ def test_the_request_pipeline_imports_no_web_framework(module: str) -> None:
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_http_server_granian_without_its_extra_is_refused_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_SERVER", "granian")
+    monkeypatch.setattr(entry.importlib.util, "find_spec", lambda name: None)
+    loaded: list[object] = []
+    monkeypatch.setattr(entry, "load_pipeline", loaded.append)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main()
+    assert "pip install 'cell-classifier[granian]'" in str(exit_info.value.code)  # sys.exit prints it, exit 1
+    assert not loaded

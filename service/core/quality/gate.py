@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from service.core.quality.beta import log_beta, log_betainc
+
 # Beta(10, 10) restricted to (1/2, 1]: its mass sits where two versions of one classifier differ (a share of
 # the discordant pairs won of 0.5-0.75). Computed: E reaches 20 after 195 discordant pairs split 60/40 (a flat
 # prior: 245), 95 split 65/35 (flat: 95) and 40 split 75/25 (flat: 35).
@@ -88,12 +90,8 @@ def log_evidence(wins: ArrayLike, losses: ArrayLike, prior: float = PRIOR) -> An
     # ∫_{1/2}^1 q^w (1-q)^l Beta(q; a, a) dq / (1/2)^(w+l) over the prior's mass 1/2 on (1/2, 1]
     # = 2^(w+l+1) B(a+w, a+l) / B(a, a) * P(Beta(a+w, a+l) > 1/2), the tail written as I_{1/2}(a+l, a+w)
     # (1 - I_x(a, b) = I_{1-x}(b, a)) to keep its precision.
-    from scipy import special  # here: 15 MiB of RSS that a service without a shadow version never needs
-
-    with np.errstate(divide="ignore"):
-        tail = np.log(special.betainc(prior + lost, prior + won, 0.5))
-    value = ((won + lost + 1) * math.log(2) + special.betaln(prior + won, prior + lost) - special.betaln(prior, prior)
-             + tail)
+    tail = log_betainc(prior + lost, prior + won, 0.5)
+    value = ((won + lost + 1) * math.log(2) + log_beta(prior + won, prior + lost) - log_beta(prior, prior) + tail)
     return float(value) if value.ndim == 0 else value
 
 
@@ -101,9 +99,8 @@ def one_look_p(wins: int, losses: int) -> float:
     """McNemar's exact one-sided p-value (wins among the discordant pairs, against 1/2): valid for one look."""
     if wins == 0:
         return 1.0
-    from scipy import special  # as in log_evidence; scipy.stats' binomtest would add 65 MiB for this one sum
-
-    return float(special.bdtrc(wins - 1, wins + losses, 0.5))  # P(X >= wins), X ~ Binomial(wins + losses, 1/2)
+    # P(X >= wins) for X ~ Binomial(wins + losses, 1/2) is I_(1/2)(wins, losses + 1).
+    return float(np.exp(log_betainc(wins, losses + 1, 0.5)))
 
 
 @dataclass(frozen=True)
