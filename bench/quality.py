@@ -28,9 +28,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from bench import corpora, load, quality_faults, quality_scale
 from bench.postgres import Postgres
 from bench.servers import REPO_ROOT, Server, service_spec
@@ -59,23 +56,6 @@ class Run:
     log_dropped: float
 
 
-def _metrics(url: str) -> dict[str, float]:
-    """Every sample of GET /metrics, keyed `name{label=value,...}`."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
-def _sum(values: Mapping[str, float], name: str) -> float:
-    """The samples of `name` summed over their labels; `name{label=value` narrows it to those labels."""
-    prefix = name if "{" in name else name + "{"
-    return sum(v for k, v in values.items() if k.startswith(prefix))
-
-
 def _versions(folder: Path, model: Path, versions: int) -> Path:
     for version in range(1, versions + 1):
         target = folder / str(version)
@@ -88,7 +68,7 @@ def _versions(folder: Path, model: Path, versions: int) -> Path:
 
 def _wait_for_shadow(server: Server) -> None:
     deadline = time.monotonic() + 120
-    while _metrics(server.url).get("model_version_shadow{version=2}") != 1:
+    while quality_faults.metrics(server.url).get("model_version_shadow{version=2}") != 1:
         if time.monotonic() > deadline:
             raise RuntimeError(f"version 2 was not in shadow within 120 s (log: {server.log_path})")
         time.sleep(0.2)
@@ -96,13 +76,13 @@ def _wait_for_shadow(server: Server) -> None:
 
 def _one_run(server: Server, corpus: corpora.Corpus, connections: int, duration_s: int, round: int) -> Run:
     server.wait_idle()
-    before = _metrics(server.url)
+    before = quality_faults.metrics(server.url)
     result = load.run(server.url, corpus.list_file, connections, duration_s)
     server.wait_idle()  # the shadow's and the writer's backlog counted in this run
-    after = _metrics(server.url)
+    after = quality_faults.metrics(server.url)
 
     def delta(name: str) -> float:
-        return _sum(after, name) - _sum(before, name)
+        return quality_faults.metric_sum(after, name) - quality_faults.metric_sum(before, name)
 
     run = Run(
         server.spec.name, connections, round, result.requests_per_s, result.p50_ms, result.p99_ms, result.non_2xx,

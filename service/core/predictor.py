@@ -95,10 +95,3 @@ class Predictor(Protocol):
 
     async def predict(self, images: Sequence[np.ndarray]) -> list[float]:
         """Preprocessed (100, 100, 1) images already admitted -> their probabilities, in order."""
-
-
-async def predict_admitted(predictor: Predictor, images: Sequence[np.ndarray]) -> list[float]:
-    """Admits `images`, predicts them and releases them: a call that holds arrays already (tests, /v2 tensors
-    through the pipeline's answer_arrays)."""
-    with predictor.admission.held(len(images)):
-        return await predictor.predict(images)

@@ -23,7 +23,7 @@ from service.core.quality.gatekeeper import GateKeeper, Roles
 from service.core.quality.live import LiveQuality
 from service.core.quality.shadow import ShadowModel
 from service.core.served import ServedModel
-from service.core.versions import MODEL_FILE, Fingerprint, ModelRepository, ModelSource, fingerprint
+from service.core.versions import Fingerprint, ModelRepository, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ class Rollout:
         gate can find the promoted one worse and serve the previous one again (a promotion of it)."""
         if self._repository is None:
             return
-        folder = self._repository.model_dir / previous.version
-        source = ModelSource(folder / MODEL_FILE, previous.version, fingerprint(folder))
+        source = self._repository.source(previous.version)
         try:
             again = await asyncio.to_thread(ServedModel.load, source, self.settings, self.metrics)
             await self._follow_in_shadow(again, source)

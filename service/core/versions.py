@@ -85,5 +85,10 @@ class ModelRepository:
                 f"MODEL_DIR {self.model_dir} holds no version: put a model at {self.model_dir}/1/{MODEL_FILE} "
                 "(with its .json)"
             )
-        version, path = found[-1]
+        version, path = found[-1]  # the folder's own name may have leading zeros ("007" serves as version 7)
         return ModelSource(path, str(version), fingerprint(path.parent))
+
+    def source(self, version: str) -> ModelSource:
+        """One version's folder as it is now (a version already served, taken again: rollback by evidence)."""
+        folder = self.model_dir / version
+        return ModelSource(folder / MODEL_FILE, version, fingerprint(folder))

@@ -16,6 +16,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.pipeline import Pipeline
+from service.core.predictor import Predictor
 from service.core.preprocessing import preprocess_bytes
 from tests.conftest import image_bytes
 from tests.model_factory import tiny_probability
@@ -132,3 +133,10 @@ def refused_while_the_queue_is_full(
         assert running.result(WAIT_S).status_code == 200
         assert queued.result(WAIT_S).status_code == 200
     return refused
+
+
+async def predict_admitted(predictor: Predictor, images: Sequence[np.ndarray]) -> list[float]:
+    """Admits `images`, predicts them and releases them, as the pipeline does for a request (without its
+    mapping of a refusal to 503): a predictor driven directly by a test."""
+    with predictor.admission.held(len(images)):
+        return await predictor.predict(images)

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 
 from service.core.batching import MicroBatcher
 from service.core.failures import OverloadedError
-from service.core.predictor import predict_admitted
 from tests.service.helpers import (
     InferenceGate,
     expected_probability,
     gray_png,
     metric,
     pipeline_of,
+    predict_admitted,
     refused_while_the_queue_is_full,
     wait_until,
 )

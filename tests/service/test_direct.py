@@ -17,7 +17,6 @@ from service.core import lanes as lanes_module
 from service.core.direct import DirectPredictor
 from service.core.failures import OverloadedError
 from service.core.model import Classifier
-from service.core.predictor import predict_admitted
 from tests.service.helpers import (
     WAIT_S,
     InferenceGate,
@@ -25,6 +24,7 @@ from tests.service.helpers import (
     gray_png,
     metric,
     pipeline_of,
+    predict_admitted,
     wait_until,
 )
 
