@@ -13,7 +13,8 @@ from pydantic import TypeAdapter
 from bench.timing import repeat
 from service.core.config import SessionSettings, Settings
 from service.core.engines import choose, detect, installed_engines
-from service.core.model import INPUT_SHAPE, Classifier, session_options
+from service.core.engines.ort_engine import session_options
+from service.core.model import INPUT_SHAPE, Classifier
 from service.core.model_card import card_path_for, read_model_card
 
 BATCH_SIZES = (1, 8, 32)

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("log", "shadow"), help="run one of the two comparisons")
     parser.add_argument("--rows", type=int, help="instead: the log at scale with this many synthetic rows")
     parser.add_argument("--postgres", action="store_true", help="with --rows: also on a real PostgreSQL")
+    parser.add_argument("--stores", nargs="+", choices=("sqlite", "postgresql"),
+                        help="with --rows: only these stores (default sqlite, and postgresql with --postgres)")
     parser.add_argument("--requests", type=int, default=300, help="with --rows: verdicts posted, one at a time")
     parser.add_argument("--retention-s", type=float, default=120.0, help="with --rows: the retention pass's budget")
     parser.add_argument("--faults", nargs="*", type=float, metavar="OUTAGE_S",
@@ -209,8 +211,10 @@ def _scale(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-scale-") as folder:
         work = Path(folder)
-        results.append(quality_scale.scale("sqlite", None, args.rows, args.model, work, args))
-        if args.postgres:
+        stores = args.stores or (["sqlite", "postgresql"] if args.postgres else ["sqlite"])
+        if "sqlite" in stores:
+            results.append(quality_scale.scale("sqlite", None, args.rows, args.model, work, args))
+        if "postgresql" in stores:
             with Postgres() as postgres:
                 url = quality_faults.fresh_database(postgres, "scale")
                 results.append(quality_scale.scale("postgresql", url, args.rows, args.model, work, args))

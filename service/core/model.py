@@ -24,11 +24,10 @@ from service.core.engines import (
     warm_up,
 )
 from service.core.engines.ort_engine import NAME as ORT_NAME
-from service.core.engines.ort_engine import session_options
 from service.core.failures import one_line
 from service.core.model_card import ModelCard, ModelCardError, card_path_for, read_model_card
 
-__all__ = ["INPUT_SHAPE", "Classifier", "ModelLoadError", "session_options"]
+__all__ = ["INPUT_SHAPE", "Classifier", "ModelLoadError"]
 log = logging.getLogger(__name__)
 
 
@@ -200,6 +199,10 @@ class Classifier:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """As predict, safe from many threads at once (the direct request path)."""
         return self.engine.infer(batch)
+
+    def release_memory(self) -> None:
+        """Frees what the engine keeps for batch shapes run so far (no inference may run meanwhile)."""
+        self.engine.release_memory()
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Runs each batch size once so the first user request does not pay for allocation. A file that loads

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,10 +95,43 @@ def test_each_engine_infers_from_many_threads_at_once_like_one_run(tiny_model_pa
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_answers_alike_after_releasing_what_a_batch_grew(tiny_model_path: Path, engine: str) -> None:
+    classifier = Classifier.load(tiny_model_path, SessionSettings(), engine=engine, precision="fp32")
+    images = np.random.default_rng(2).uniform(0, 255, (8, 100, 100, 1)).astype(np.float32)
+    before = classifier.predict(images)
+    classifier.release_memory()
+    np.testing.assert_allclose(classifier.predict(images[:1]), before[:1], atol=1e-6)
+    np.testing.assert_allclose(classifier.infer(images[1:2]), before[1:2], atol=1e-6)
+    np.testing.assert_allclose(classifier.predict(images), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_each_engine_refuses_a_wrong_signature_with_the_same_message(tmp_path: Path, engine: str) -> None:
     path = write_tiny_metadata(build_tiny_onnx(tmp_path / "model.onnx", input_shape=("N", 64, 64, 1)))
-    with pytest.raises(ModelLoadError, match=r"takes tensor\(float\) \['N', 64, 64, 1\]; the service needs"):
+    with pytest.raises(ModelLoadError, match=r"takes float32 \[\?, 64, 64, 1\]; the service needs"):
         Classifier.load(path.with_suffix(".onnx"), SessionSettings(), engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_refuses_bytes_that_are_not_onnx_with_the_same_message(tmp_path: Path, engine: str) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    write_tiny_metadata(path)
+    with pytest.raises(ModelLoadError, match=rf"^model file {re.escape(str(path))} is not a loadable ONNX model"):
+        Classifier.load(path, SessionSettings(), engine=engine)
+
+
+@pytest.mark.skipif(not openvino_engine.installed(), reason="openvino is not installed")
+def test_a_model_that_openvino_serves_never_imports_onnxruntime(tiny_model_path: Path) -> None:
+    """onnxruntime at ready is 19 MiB of RSS, and its checking session 13 more (BENCHMARKS.md)."""
+    script = (
+        "import sys; from pathlib import Path; from service.core.config import SessionSettings; "
+        "from service.core.model import Classifier; "
+        f"c = Classifier.load(Path({str(tiny_model_path)!r}), SessionSettings(), engine='openvino', precision='fp32'); "
+        "c.warm_up((1, 2)); print(c.engine.name, 'onnxruntime' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["openvino", "False"], done.stderr
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

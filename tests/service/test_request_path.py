@@ -10,6 +10,10 @@ import pytest
 
 from service.core import request_path
 from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.model import Classifier
+from service.core.served import ServedModel
+from service.core.versions import ModelSource
 
 
 def costing(per_call_s: float, per_image_s: float):
@@ -21,7 +25,7 @@ def costing(per_call_s: float, per_image_s: float):
 
 
 def settings(**values: object) -> Settings:
-    return Settings(model_path=Path("unused.onnx"), **values)
+    return Settings(**{"model_path": Path("unused.onnx"), **values})
 
 
 @pytest.mark.parametrize("path", ["direct", "batched"])
@@ -48,3 +52,15 @@ def test_auto_runs_direct_when_batches_gain_less_than_the_minimum() -> None:
     choice = request_path.choose(settings(batching_min_gain=1.25), costing(0, 0.002), costing(0, 0.002), 1)
     assert choice.path == "direct"
     assert "below BATCHING_MIN_GAIN=1.25" in choice.reason
+
+
+@pytest.mark.parametrize(("path", "released"), [("direct", 1), ("batched", 0)])
+def test_only_the_direct_path_frees_what_the_batch_warm_up_grew(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, released: int
+) -> None:
+    """The direct path never runs a batch again: OpenVINO would keep its buffers (46 MiB at ready)."""
+    calls: list[int] = []
+    monkeypatch.setattr(Classifier, "release_memory", lambda self: calls.append(1))
+    chosen = settings(request_path=path, model_path=tiny_model_path)
+    served = ServedModel.load(ModelSource(tiny_model_path, None), chosen, Metrics())
+    assert (served.request_path.path, len(calls)) == (path, released)  # type: ignore[union-attr]

@@ -30,8 +30,5 @@ def load_engine(
 ) -> Engine:
     """The engine `name` over the file's bytes; raises ModelLoadError naming the file."""
     if name == openvino_engine.NAME:
-        # The signature is checked in one place (onnxruntime's reading of the file), so every engine
-        # refuses the same files with the same message.
-        ort_engine.check_file(data, path)
         return openvino_engine.load(data, path, precision, threads)
     return ort_engine.load(data, path, precision, threads, session)

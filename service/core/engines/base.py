@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -24,6 +26,30 @@ class EngineUnavailableError(ModelLoadError):
     reads: under ENGINE=auto the next engine is tried."""
 
 
+@dataclass(frozen=True)
+class Port:
+    """One input or output as a file declares it, in the engine-neutral words of the messages: the element type
+    ("float32") and the shape, a dimension the file leaves open as "?"."""
+
+    type: str
+    shape: tuple[int | str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.type} [{', '.join(str(d) for d in self.shape)}]"
+
+
+def check_signature(path: Path, inputs: Sequence[Port], outputs: Sequence[Port]) -> None:
+    """What the file declares, read by whichever engine will run it: the same files refused with the same
+    messages on every engine."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelLoadError(f"model {path} must have one input and one output")
+    (given,), (returned,) = inputs, outputs
+    if given.type != "float32" or len(given.shape) != 4 or tuple(given.shape[1:]) != INPUT_SHAPE:
+        raise ModelLoadError(f"model {path} takes {given}; the service needs float32 (N, 100, 100, 1)")
+    if returned.type != "float32" or len(returned.shape) != 2 or returned.shape[1] != 1:
+        raise ModelLoadError(f"model {path} returns {returned}; expected float32 (N, 1)")
+
+
 class Engine(Protocol):
     """A loaded model on one runtime: `run` takes (N, 100, 100, 1) float32 raw pixels, returns (N,) probabilities.
 
@@ -40,6 +66,11 @@ class Engine(Protocol):
         ...
 
     def describe(self) -> dict[str, object]: ...
+
+    def release_memory(self) -> None:
+        """Frees the buffers kept for the batch shapes run so far (none may run meanwhile); the next run of a
+        shape allocates them again."""
+        ...
 
 
 def warm_up(run: Callable[[np.ndarray], np.ndarray], batch_sizes: tuple[int, ...]) -> float:
