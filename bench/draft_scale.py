@@ -1,13 +1,15 @@
-"""Does a cheaper JPEG draft change what the model says? The held-out ELPV cells as JPEGs, two draft scales.
+"""Does a cheaper JPEG draft change what the model says? The held-out ELPV cells as JPEGs, three drafts.
 
     python -m bench.draft_scale [--model models/model.onnx]
 
-Each held-out cell (the test split the model card records) is saved as a JPEG (quality 90) at its own size
-(300x300) and stretched to 1920x1080, then preprocessed with the JPEG draft stopping at a minimum side of
-200 px (`service.core.preprocessing.JPEG_DRAFT_MIN_SIDE` today) and at 100 px. The served variant (the
-card's INT8 file where OpenVINO serves it) and fp32 score both. A draft is taken only if it changes no
-held-out label and moves probabilities less than the INT8 variant already moves them from fp32 (on the
-original PNG cells). Also reports one thread's decode time of each draft.
+Each held-out cell (the test split the model card records) is saved as a JPEG (quality 90), gray and in colour
+(YCbCr 4:2:0, as a camera or an image tool writes it), at its own size (300x300) and stretched to 1920x1080,
+then preprocessed with three drafts: the image's own mode down to a minimum side of 200 px (the reference, the
+service's draft until libjpeg's luma was taken), libjpeg's luma ("L") down to 200 px
+(`service.core.preprocessing.JPEG_DRAFT_GRAY`, shipped), and the image's own mode down to 100 px (refused). The
+served variant (the card's INT8 file where OpenVINO serves it) and fp32 score each. A draft is taken only if it
+changes no held-out label and moves probabilities less than the INT8 variant already moves them from fp32 (on
+the original PNG cells). Also reports one thread's decode time of each draft.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import sys
 import time
@@ -33,24 +36,27 @@ from service.core.model_card import card_path_for, read_model_card
 from service.core.preprocessing import preprocess_bytes
 
 SIZES = {"own size (300x300)": None, "1920x1080": (1920, 1080)}
-DRAFTS = (200, 100)
+COLOURS = ("L", "RGB")
+# (minimum side, decode colour JPEGs to libjpeg's luma); the first is the reference.
+DRAFTS = {"own mode, >= 200 px": (200, False), "L, >= 200 px": (200, True), "own mode, >= 100 px": (100, False)}
+REFERENCE = next(iter(DRAFTS))
 JPEG_QUALITY = 90
 
 
 @contextlib.contextmanager
-def draft_min_side(side: int) -> Iterator[None]:
-    """The one preprocessing function with another draft floor, for this comparison only."""
-    kept = preprocessing.JPEG_DRAFT_MIN_SIDE
-    preprocessing.JPEG_DRAFT_MIN_SIDE = side  # type: ignore[misc]
+def draft(name: str) -> Iterator[None]:
+    """The one preprocessing function with another draft, for this comparison only."""
+    kept = preprocessing.JPEG_DRAFT_MIN_SIDE, preprocessing.JPEG_DRAFT_GRAY
+    preprocessing.JPEG_DRAFT_MIN_SIDE, preprocessing.JPEG_DRAFT_GRAY = DRAFTS[name]  # type: ignore[misc]
     try:
         yield
     finally:
-        preprocessing.JPEG_DRAFT_MIN_SIDE = kept  # type: ignore[misc]
+        preprocessing.JPEG_DRAFT_MIN_SIDE, preprocessing.JPEG_DRAFT_GRAY = kept  # type: ignore[misc]
 
 
-def as_jpeg(path: str, size: tuple[int, int] | None) -> bytes:
+def as_jpeg(path: str, size: tuple[int, int] | None, colour: str = "L") -> bytes:
     with Image.open(path) as image:
-        image = image.convert("L")
+        image = image.convert(colour)
         if size is not None:
             image = image.resize(size, Image.Resampling.BICUBIC)
         out = io.BytesIO()
@@ -67,8 +73,8 @@ def _scores(engine, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def
     return np.concatenate([engine.run(np.ascontiguousarray(x[i : i + 32], np.float32)) for i in range(0, len(x), 32)])
 
 
-def _decode_ms(payloads: list[bytes], side: int) -> float:
-    with draft_min_side(side):
+def _decode_ms(payloads: list[bytes], name: str) -> float:
+    with draft(name):
         for data in payloads[:3]:
             preprocess_bytes(data)
         start = time.process_time()
@@ -90,27 +96,34 @@ def run(model: Path) -> dict[str, object]:
     threshold = card.threshold
     int8_moves = float(np.max(np.abs(_scores(engines["served"], test.x) - _scores(engines["fp32"], test.x))))
     rows = []
-    for size_name, size in SIZES.items():
-        payloads = [as_jpeg(source, size) for source in test.sources]
+    for (size_name, size), colour in itertools.product(SIZES.items(), COLOURS):
+        payloads = [as_jpeg(source, size, colour) for source in test.sources]
         inputs = {}
-        for side in DRAFTS:
-            with draft_min_side(side):
-                inputs[side] = np.stack([preprocess_bytes(data) for data in payloads])
+        for name in DRAFTS:
+            with draft(name):
+                inputs[name] = np.stack([preprocess_bytes(data) for data in payloads])
+        decode_ms = {name: _decode_ms(payloads, name) for name in DRAFTS}
         for name, engine in engines.items():
-            p = {side: _scores(engine, inputs[side]) for side in DRAFTS}
-            labels = {side: p[side] >= threshold for side in DRAFTS}
-            rows.append({
-                "jpeg": size_name, "model": f"{name} ({served.precision if name == 'served' else 'fp32'})",
-                "labels_changed": int(np.sum(labels[DRAFTS[0]] != labels[DRAFTS[1]])),
-                "max_probability_moved": float(np.max(np.abs(p[DRAFTS[0]] - p[DRAFTS[1]]))),
-                "mean_probability_moved": float(np.mean(np.abs(p[DRAFTS[0]] - p[DRAFTS[1]]))),
-                "accuracy": {side: float(np.mean(labels[side] == test.y.astype(bool))) for side in DRAFTS},
-            })
-        for side in DRAFTS:
-            rows[-1].setdefault("decode_ms_one_thread", {})[side] = _decode_ms(payloads, side)  # type: ignore[index]
-    passes = all(r["labels_changed"] == 0 and r["max_probability_moved"] < int8_moves for r in rows)
+            p = {d: _scores(engine, inputs[d]) for d in DRAFTS}
+            labels = {d: p[d] >= threshold for d in DRAFTS}
+            for candidate in list(DRAFTS)[1:]:
+                rows.append({
+                    "jpeg": f"{colour} {size_name}", "draft": candidate,
+                    "model": f"{name} ({served.precision if name == 'served' else 'fp32'})",
+                    "labels_changed": int(np.sum(labels[REFERENCE] != labels[candidate])),
+                    "max_probability_moved": float(np.max(np.abs(p[REFERENCE] - p[candidate]))),
+                    "mean_probability_moved": float(np.mean(np.abs(p[REFERENCE] - p[candidate]))),
+                    "accuracy": {d: float(np.mean(labels[d] == test.y.astype(bool))) for d in (REFERENCE, candidate)},
+                    "decode_ms_one_thread": {d: decode_ms[d] for d in (REFERENCE, candidate)},
+                })
+    passes = {
+        candidate: all(r["labels_changed"] == 0 and r["max_probability_moved"] < int8_moves
+                       for r in rows if r["draft"] == candidate)
+        for candidate in list(DRAFTS)[1:]
+    }
     return {"machine": describe(), "model": str(model), "held_out_cells": len(test), "threshold": threshold,
-            "int8_max_probability_moved_from_fp32": int8_moves, "rows": rows, "passes": passes}
+            "reference": REFERENCE, "int8_max_probability_moved_from_fp32": int8_moves, "rows": rows,
+            "passes": passes}
 
 
 def main(argv: list[str] | None = None) -> int:

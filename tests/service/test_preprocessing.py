@@ -94,6 +94,21 @@ def test_large_jpeg_is_decoded_at_reduced_scale_yet_matches_a_full_decode() -> N
     assert difference.max() <= 6
 
 
+def test_a_colour_jpeg_is_decoded_to_luma_within_one_gray_level_of_its_colour_decode() -> None:
+    """libjpeg's luma (no chroma upsampled or converted) against Pillow's "L" of the RGB decode at the same draft:
+    the same ITU-R 601-2 weights, so only rounding differs."""
+    rng = np.random.default_rng(3)
+    colours = Image.fromarray(rng.integers(0, 256, (600, 800, 3), np.uint8)).resize((1600, 1200))
+    data = image_bytes(colours, "JPEG", quality=90)
+    with Image.open(io.BytesIO(data)) as image:
+        x = preprocess_image(image)
+        assert image.mode == "L"  # decoded as luma, not converted after an RGB decode
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (JPEG_DRAFT_MIN_SIDE, JPEG_DRAFT_MIN_SIDE))
+        expected = np.asarray(image.convert("L").resize((100, 100), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(x[:, :, 0] - expected).max() <= 1
+
+
 @pytest.mark.parametrize(("level", "gray"), [(0, 0), (257, 1), (32768, 128), (65535, 255)])
 def test_16_bit_png_is_scaled_to_8_bits_not_clipped(level: int, gray: int) -> None:
     data = image_bytes(Image.fromarray(np.full((20, 30), level, np.uint16)), "PNG")
