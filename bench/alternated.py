@@ -5,12 +5,19 @@ server gets one wrk run, in an order rotated each round. Per run: requests/s, p9
 tree's CPU seconds over the run's seconds), core-ms per request and the peak RSS (VmHWM, reset before the
 run); per server its RSS at ready. The table gives each round's requests/s and its ratio to the reference
 server (baseline (c), the 25-line server) from the same round: ratios taken minutes apart on a shared
-machine say little.
+machine say little. After the rounds, one more run per server and corpus under py-spy (`record --gil`, not
+counted in the table: sampling stops the process) gives the event loop's share of the samples that held the
+GIL: how much of the Python work the one loop thread carries.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,8 @@ class Alternated:
     reference: str | None = None
     runs: list[AlternatedRun] = field(default_factory=list)
     rss_at_ready_mib: dict[str, float | None] = field(default_factory=dict)
+    # (server, corpus) -> the event loop's share of the GIL-holding samples (py-spy), when py-spy runs here.
+    loop_gil_share: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -79,6 +88,12 @@ def measure(
                     result.runs.append(run)
                     log.info("  %s %s round %d: %.1f req/s, %.2f cores, %s core-ms/req", run.server, run.corpus,
                              number + 1, run.requests_per_s, run.cores_busy, _n(run.core_ms_per_request))
+            for server in servers:
+                share = loop_gil_share(server, corpus, connections, duration_s)
+                if share is not None:
+                    result.loop_gil_share.setdefault(server.spec.name, {})[corpus.name] = share
+                    log.info("  %s %s: the event loop holds %.0f %% of the GIL samples", server.spec.name,
+                             corpus.name, 100 * share)
     except (ServerError, load.LoadError) as exc:
         log.error("alternated: %s", exc)
         result.errors["run"] = str(exc).splitlines()[0]
@@ -103,8 +118,56 @@ def _one(server: Server, corpus: Corpus, number: int, connections: int, duration
     )
 
 
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def loop_gil_share(server: Server, corpus: Corpus, connections: int, duration_s: int) -> float | None:
+    """One wrk run with py-spy sampling the GIL's holder: the main thread's (the event loop's) share of the
+    samples. None where py-spy is missing or may not attach (ptrace refused)."""
+    spy = _py_spy()
+    if spy is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-gil-") as folder:
+        out = Path(folder) / "gil.txt"
+        sampler = subprocess.Popen(
+            [spy, "record", "--gil", "--threads", "--rate", "100", "--duration", str(duration_s), "--format", "raw",
+             "--output", str(out), "--pid", str(server.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        load.run(server.url, corpus.list_file, connections, duration_s)
+        try:
+            sampler.wait(timeout=duration_s + 30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait()
+            return None
+        if sampler.returncode != 0 or not out.exists():
+            return None
+        return main_thread_share(out.read_text())
+
+
+def main_thread_share(collapsed: str) -> float | None:
+    """py-spy's raw (collapsed) stacks with --threads, `thread (id): name;frame;... count`, -> MainThread's share
+    of the samples."""
+    samples: collections.Counter[bool] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not (stack and count.isdigit()):
+            continue
+        thread = next((frame for frame in stack.split(";") if frame.startswith("thread (")), "")
+        samples[thread.partition("): ")[2] == "MainThread"] += int(count)
+    total = samples[True] + samples[False]
+    return samples[True] / total if total else None
+
+
 def _n(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.0f} %"
 
 
 def render(result: Alternated) -> list[str]:
@@ -129,11 +192,12 @@ def render(result: Alternated) -> list[str]:
                 " / ".join(_n(x, 2) for x in ratios) if reference else "–",
                 _n(mean(r.cores_busy for r in runs), 2), _n(mean(costs) if costs else None, 2),
                 _n(result.rss_at_ready_mib.get(server), 0), _n(max(peaks) if peaks else None, 0),
+                _percent(result.loop_gil_share.get(server, {}).get(corpus)),
                 sum(r.non_2xx + r.socket_errors for r in runs),
             ))
     connections = result.runs[0].connections if result.runs else "?"
     headers = ("corpus", "server", "req/s per round", f"÷ {reference or 'reference'} (same round)",
-               "cores busy", "core-ms/req", "RSS at ready MiB", "peak RSS MiB", "errors")
+               "cores busy", "core-ms/req", "RSS at ready MiB", "peak RSS MiB", "loop's GIL share", "errors")
     lines = [
         "## Alternated servers", "",
         f"{connections} connections; every server loaded once per round, the order rotated each round; ratios "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.alternated import Alternated, AlternatedRun, render
+from bench.alternated import Alternated, AlternatedRun, main_thread_share, render
 
 
 def run(server: str, round: int, rps: float, cores: float = 1.5, peak: float | None = 200.0) -> AlternatedRun:
@@ -20,7 +20,7 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
     )
     rows = {line.split(" | ")[1]: line for line in render(result) if line.startswith("| elpv")}
     assert "90.0 / 60.0 | 0.90 / 1.20 | 1.25 |" in rows["service"]
-    assert "| 234 | 200 | 0 |" in rows["service"]
+    assert "| 234 | 200 | – | 0 |" in rows["service"]
     assert "1.00 / 1.00" in rows["baseline"]
 
 
@@ -33,3 +33,21 @@ def test_without_a_reference_run_there_are_no_ratios(reference: str | None) -> N
 
 def test_a_server_that_did_not_start_is_named() -> None:
     assert "- service-granian: did not start" in render(Alternated(errors={"service-granian": "did not start"}))
+
+
+def test_the_loops_gil_share_is_the_main_threads_share_of_the_samples() -> None:
+    collapsed = "\n".join([
+        "thread (8840): MainThread;Runner.run (asyncio/runners.py:118) 70",
+        "thread (8878): decode_0;_decode (service/core/lanes.py:88) 20",
+        "thread (8840): MainThread;send (uvicorn/protocols/http/httptools_impl.py:522) 10",
+        "thread (8841): MainThreadPool;work (x.py:1) 100",
+        "",
+    ])
+    assert main_thread_share(collapsed) == pytest.approx(80 / 200)
+    assert main_thread_share("") is None
+
+
+def test_the_loops_gil_share_is_in_its_column() -> None:
+    result = Alternated(runs=[run("service", 1, 90.0)], loop_gil_share={"service": {"elpv": 0.7}})
+    (row,) = [line for line in render(result) if line.startswith("| elpv")]
+    assert "| 70 % | 0 |" in row
