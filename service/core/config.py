@@ -195,7 +195,7 @@ class ThreadSettings(BaseSettings):
     ort_cpu_mem_arena: bool = Field(True, description="reuse activation buffers between batches")
     ort_allow_spinning: bool = Field(False, description="intra-op threads spin between ops")
     decode_threads: int | None = Field(
-        None, ge=1, description="threads decoding uploads (and, on the direct path, running them); auto"
+        None, ge=1, description="threads decoding uploads (and, on the direct path, running them); auto: 2 per CPU"
     )
     large_lane_threads: int = Field(1, ge=1, description="threads decoding images over LARGE_IMAGE_BYTES")
 

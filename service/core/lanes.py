@@ -35,10 +35,17 @@ from service.core.preprocessing import estimate_decode_bytes, open_image, prepro
 T = TypeVar("T")
 
 
+# Threads per CPU of the common lane when DECODE_THREADS is auto. Each thread spends part of every image waiting:
+# for the GIL while the event loop holds it, for its OpenVINO stream. With one thread per CPU the cores idled
+# meanwhile (1.71 cores busy at 16 connections on 2 vCPUs against baseline (c)'s 1.96); with two, 1.87-1.96, and
+# +11-14 % requests/s on ELPV cells and 1080p photos; four or eight per CPU gained nothing more (BENCHMARKS.md).
+LANE_THREADS_PER_CPU = 2
+
+
 def lane_threads(settings: Settings) -> int:
-    """The common decode lane's threads (DECODE_THREADS, auto = the CPUs), which on the direct path also run the
-    model: the pool, the direct predictor and the shadow's idea of spare capacity all follow it."""
-    return settings.decode_threads or available_cpus()
+    """The common decode lane's threads (DECODE_THREADS, auto = LANE_THREADS_PER_CPU per CPU), which on the direct
+    path also run the model: the pool, the direct predictor and the shadow's idea of spare capacity follow it."""
+    return settings.decode_threads or LANE_THREADS_PER_CPU * available_cpus()
 
 
 @dataclass(frozen=True)
