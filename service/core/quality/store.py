@@ -19,6 +19,7 @@ so the writer may replay a batch whose commit it never saw acknowledged.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -78,6 +80,28 @@ def _deltas(rows: Iterable[Any], sign: int) -> dict[str, list[int]]:
     return deltas
 
 
+def _insert_into(dialect: str, table: Table) -> Any:
+    """INSERT with ON CONFLICT clauses: the same construct in both dialects' modules."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+@functools.cache
+def _writes(dialect: str) -> tuple[Any, Any]:
+    """The writer's two statements, built once per dialect: (the rows not logged yet, returning what was inserted;
+    one version's counts added). Built per batch instead, SQLAlchemy's statement construction and cache keys were
+    three quarters of the writer's CPU: 1.6 ms per 12-row batch (BENCHMARKS.md)."""
+    rows = (_insert_into(dialect, predictions).on_conflict_do_nothing()
+            .returning(predictions.c.id, predictions.c.version, predictions.c.role, predictions.c.agrees))
+    counts = _insert_into(dialect, version_counts).values(
+        version=bindparam("version"), **{name: bindparam(name) for name in COUNTED}
+    )
+    counts = counts.on_conflict_do_update(
+        index_elements=[version_counts.c.version],
+        set_={name: version_counts.c[name] + counts.excluded[name] for name in COUNTED},
+    )
+    return rows, counts
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -99,8 +123,7 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def _insert(self, table: Table) -> Any:
-        """INSERT with ON CONFLICT clauses: the same construct in both dialects' modules."""
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+        return _insert_into(self.dialect, table)
 
     def ensure_schema(self) -> None:
         """Creates the tables once per process (idempotent: replicas sharing a database may race here); a log
@@ -140,11 +163,7 @@ class Store:
                     )})
                 for row in shadows:
                     row["agrees"] = row["label"] == served[row["id"]] if row["id"] in served else None
-            inserted = connection.execute(
-                self._insert(predictions).on_conflict_do_nothing()
-                .returning(predictions.c.id, predictions.c.version, predictions.c.role, predictions.c.agrees),
-                rows,
-            ).all()
+            inserted = connection.execute(_writes(self.dialect)[0], rows).all()
             self._add_counts(connection, _deltas(((r.version, r.role, r.agrees) for r in inserted), +1))
             late = {r.id: r for r in inserted if r.role == "shadow"}
             if late:  # a verdict that came before the shadow scored the image
@@ -162,12 +181,8 @@ class Store:
     def _add_counts(self, connection: Connection, deltas: dict[str, list[int]]) -> None:
         # In version order, so two replicas' writers lock the same rows in the same order (no deadlock).
         for version in sorted(deltas):
-            values = dict(zip(COUNTED, deltas[version], strict=True))
-            statement = self._insert(version_counts).values(version=version, **values)
-            connection.execute(statement.on_conflict_do_update(
-                index_elements=[version_counts.c.version],
-                set_={name: version_counts.c[name] + statement.excluded[name] for name in COUNTED},
-            ))
+            connection.execute(_writes(self.dialect)[1],
+                               {"version": version, **dict(zip(COUNTED, deltas[version], strict=True))})
 
     def delete_chunk(self, cutoff: float, rows: int) -> int:
         """At most `rows` predictions, verdicts and judged answers older than `cutoff` (Unix time), oldest first,
