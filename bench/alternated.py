@@ -54,13 +54,15 @@ class Alternated:
     # (server, corpus) -> the event loop's share of the GIL-holding samples (py-spy), when py-spy runs here.
     loop_gil_share: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    form: bool = False  # uploads as multipart `file` fields, not raw bodies
 
 
 def measure(
     specs: Sequence[ServerSpec], corpora: Sequence[Corpus], connections: int, duration_s: int, warmup_s: int,
-    rounds: int, log_dir: Path, reference: str | None = None,
+    rounds: int, log_dir: Path, reference: str | None = None, *, form: bool = False,
 ) -> Alternated:
-    result = Alternated(reference=reference)
+    """`form`: every upload as a multipart `file` field instead of a raw body."""
+    result = Alternated(reference=reference, form=form)
     servers: list[Server] = []
     try:
         for spec in specs:
@@ -77,19 +79,19 @@ def measure(
             log.info("alternated: %s ready, RSS %.0f MiB", spec.name, server.rss_at_ready_mib or 0)
         for corpus in corpora:
             for server in servers:
-                check_answers(server, corpus)
+                check_answers(server, corpus, form=form)
                 if warmup_s > 0:
-                    load.run(server.url, corpus.list_file, connections, warmup_s)
+                    load.run(server.url, corpus.list_file, connections, warmup_s, form=form)
             for number in range(rounds):
                 # Rotated, so no server always runs first (or right after the heaviest).
                 order = servers[number % len(servers):] + servers[: number % len(servers)]
                 for server in order:
-                    run = _one(server, corpus, number, connections, duration_s)
+                    run = _one(server, corpus, number, connections, duration_s, form)
                     result.runs.append(run)
                     log.info("  %s %s round %d: %.1f req/s, %.2f cores, %s core-ms/req", run.server, run.corpus,
                              number + 1, run.requests_per_s, run.cores_busy, _n(run.core_ms_per_request))
             for server in servers:
-                share = loop_gil_share(server, corpus, connections, duration_s)
+                share = loop_gil_share(server, corpus, connections, duration_s, form)
                 if share is not None:
                     result.loop_gil_share.setdefault(server.spec.name, {})[corpus.name] = share
                     log.info("  %s %s: the event loop holds %.0f %% of the GIL samples", server.spec.name,
@@ -103,11 +105,13 @@ def measure(
     return result
 
 
-def _one(server: Server, corpus: Corpus, number: int, connections: int, duration_s: int) -> AlternatedRun:
+def _one(
+    server: Server, corpus: Corpus, number: int, connections: int, duration_s: int, form: bool
+) -> AlternatedRun:
     server.wait_idle()
     reset = server.reset_peak_rss()
     before = server.tree_cpu_seconds()
-    result = load.run(server.url, corpus.list_file, connections, duration_s)
+    result = load.run(server.url, corpus.list_file, connections, duration_s, form=form)
     cpu_s = server.tree_cpu_seconds() - before
     return AlternatedRun(
         server=server.spec.name, corpus=corpus.name, round=number + 1, connections=connections,
@@ -123,7 +127,9 @@ def _py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def loop_gil_share(server: Server, corpus: Corpus, connections: int, duration_s: int) -> float | None:
+def loop_gil_share(
+    server: Server, corpus: Corpus, connections: int, duration_s: int, form: bool = False
+) -> float | None:
     """One wrk run with py-spy sampling the GIL's holder: the main thread's (the event loop's) share of the
     samples. None where py-spy is missing or may not attach (ptrace refused)."""
     spy = _py_spy()
@@ -136,7 +142,7 @@ def loop_gil_share(server: Server, corpus: Corpus, connections: int, duration_s:
              "--output", str(out), "--pid", str(server.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        load.run(server.url, corpus.list_file, connections, duration_s)
+        load.run(server.url, corpus.list_file, connections, duration_s, form=form)
         try:
             sampler.wait(timeout=duration_s + 30)
         except subprocess.TimeoutExpired:
@@ -200,8 +206,9 @@ def render(result: Alternated) -> list[str]:
                "cores busy", "core-ms/req", "RSS at ready MiB", "peak RSS MiB", "loop's GIL share", "errors")
     lines = [
         "## Alternated servers", "",
-        f"{connections} connections; every server loaded once per round, the order rotated each round; ratios "
-        "are to the reference server's run of the same round.", "",
+        f"{connections} connections, {'multipart uploads' if result.form else 'raw image bodies'}; every server "
+        "loaded once per round, the order rotated each round; ratios are to the reference server's run of the same "
+        "round.", "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|",
         *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), "",

@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help=f"comma list of {', '.join(SERVERS)} for the e2e part (default: the first six)")
     what.add_argument("--alternated-servers", type=_names(SERVERS), default=ALTERNATED_SERVERS,
                       help=f"the alternated part's servers (default: {', '.join(ALTERNATED_SERVERS)})")
+    what.add_argument("--multipart", action="store_true",
+                      help="the alternated part posts every image as a multipart `file` field (the README's curl), "
+                           "against baseline (c)'s UploadFile twin, instead of raw bodies")
     what.add_argument("--corpora", type=_names(corpora.CORPUS_NAMES), default=corpora.CORPUS_NAMES,
                       help=f"comma list of {', '.join(corpora.CORPUS_NAMES)} (default: all)")
     models = p.add_argument_group("models")
@@ -133,15 +136,17 @@ def _model_card(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _specs(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> list[ServerSpec]:
+def _specs(args: argparse.Namespace, names: tuple[str, ...] | None = None, *, form: bool = False) -> list[ServerSpec]:
+    """`form`: baseline (c) as its multipart twin (the alternated part's --multipart)."""
     env = dict(args.service_env)
+    openvino_app = "bench.baselines.openvino_form_app" if form else "bench.baselines.openvino_app"
     specs = {
         targets.SERVICE: service_spec(targets.SERVICE, args.model, env),
         targets.SERVICE_FP32: service_spec(targets.SERVICE_FP32, args.model, {**env, "PRECISION": "fp32"}),
         targets.SERVICE_LOG_OFF: service_spec(targets.SERVICE_LOG_OFF, args.model, {**env, "PREDICTION_LOG": "false"}),
         targets.SERVICE_GRANIAN: service_spec(targets.SERVICE_GRANIAN, args.model, {**env, "HTTP_SERVER": "granian"}),
         # The file the service serves with these settings on this CPU: both servers run one file.
-        targets.BASELINE_OPENVINO: baseline_spec(targets.BASELINE_OPENVINO, "bench.baselines.openvino_app",
+        targets.BASELINE_OPENVINO: baseline_spec(targets.BASELINE_OPENVINO, openvino_app,
                                                  {"MODEL_PATH": str(ceiling.served_file(args.model, env))}),
         targets.BASELINE_ONNX: baseline_spec(targets.BASELINE_ONNX, "bench.baselines.onnx_app",
                                              {"MODEL_PATH": str(args.model)}),
@@ -221,8 +226,8 @@ def run(args: argparse.Namespace) -> Results:
     if "alternated" in args.parts:
         log.info("alternated: %s, %d rounds per corpus", ", ".join(args.alternated_servers), args.rounds)
         results.alternated = alternated.measure(
-            _specs(args, args.alternated_servers), chosen, 16, args.duration, args.warmup, args.rounds, LOG_DIR,
-            reference=targets.BASELINE_OPENVINO,
+            _specs(args, args.alternated_servers, form=args.multipart), chosen, 16, args.duration, args.warmup,
+            args.rounds, LOG_DIR, reference=targets.BASELINE_OPENVINO, form=args.multipart,
         )
     if args.training:
         for precision in training_speed.PRECISIONS:

@@ -54,15 +54,20 @@ class EndToEnd:
         return {"rows": [asdict(r) for r in self.rows], "servers": [asdict(s) for s in self.servers]}
 
 
-def check_answers(server: Server, corpus: Corpus) -> None:
-    """One request per file before any load: every file must get a 200 with a probability in it."""
+def check_answers(server: Server, corpus: Corpus, *, form: bool = False) -> None:
+    """One request per file before any load (raw bodies, or multipart with `form`): every file must get a 200
+    with a probability in it."""
     with httpx.Client(timeout=load.TIMEOUT_S) as client:
         for path in corpus.paths:
             content_type = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
             try:
-                response = client.post(
-                    f"{server.url}/predict", content=path.read_bytes(), headers={"Content-Type": content_type}
-                )
+                if form:
+                    files = {"file": (path.name, path.read_bytes(), content_type)}
+                    response = client.post(f"{server.url}/predict", files=files)
+                else:
+                    response = client.post(
+                        f"{server.url}/predict", content=path.read_bytes(), headers={"Content-Type": content_type}
+                    )
             except httpx.HTTPError as exc:
                 raise ServerError(f"{server.spec.name} did not answer {path.name}: {exc!r}") from exc
             if response.status_code != 200 or "probability" not in response.text:

@@ -43,12 +43,13 @@ def wrk_path() -> str:
     return path
 
 
-def run(url: str, file_list: Path, connections: int, duration_s: int) -> LoadResult:
-    """A closed loop of `connections` connections for duration_s (wrk takes whole seconds)."""
+def run(url: str, file_list: Path, connections: int, duration_s: int, *, form: bool = False) -> LoadResult:
+    """A closed loop of `connections` connections for duration_s (wrk takes whole seconds); `form`: each file in
+    a multipart body's `file` field instead of the raw body."""
     threads = 1 if connections < 4 else 2
     command = [
         wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", f"--timeout={TIMEOUT_S}s",
-        "--latency", "-s", str(SCRIPT), url, "--", str(file_list),
+        "--latency", "-s", str(SCRIPT), url, "--", str(file_list), *(["form"] if form else []),
     ]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + TIMEOUT_S + 30)

@@ -1,5 +1,7 @@
 -- POST /predict with raw image bodies, rotating through the files listed (one path a line)
--- in the file named after `--`. Requests are built once per thread, so sending costs no Lua work.
+-- in the file named after `--`; with a second argument "form", each file in a multipart/form-data
+-- body's `file` field instead (as the README's curl sends it). Requests are built once per thread,
+-- so sending costs no Lua work.
 -- done() prints one line "BENCH_JSON {...}" that bench/load.py parses.
 
 local bodies = {}
@@ -18,14 +20,28 @@ local function content_type(path)
   return "image/jpeg"
 end
 
+local BOUNDARY = "bench-form-boundary-7d41c3a9"
+
+local function form(path, body)
+  local name = path:match("([^/]+)$")
+  local payload = "--" .. BOUNDARY .. "\r\n"
+    .. 'Content-Disposition: form-data; name="file"; filename="' .. name .. '"\r\n'
+    .. "Content-Type: " .. content_type(path) .. "\r\n\r\n"
+    .. body .. "\r\n--" .. BOUNDARY .. "--\r\n"
+  return { ["Content-Type"] = "multipart/form-data; boundary=" .. BOUNDARY }, payload
+end
+
 function init(args)
   local list = assert(io.open(args[1], "r"), "cannot open the file list " .. tostring(args[1]))
+  local multipart = args[2] == "form"
   for path in list:lines() do
     if path ~= "" then
       local file = assert(io.open(path, "rb"), "cannot open " .. path)
       local body = file:read("*a")
       file:close()
-      bodies[#bodies + 1] = wrk.format("POST", "/predict", { ["Content-Type"] = content_type(path) }, body)
+      local headers = { ["Content-Type"] = content_type(path) }
+      if multipart then headers, body = form(path, body) end
+      bodies[#bodies + 1] = wrk.format("POST", "/predict", headers, body)
     end
   end
   list:close()
