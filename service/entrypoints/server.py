@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import logging
 import logging.config
+import os
 import signal
 import socket
 import sys
@@ -25,6 +26,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from service.core.config import Settings
 from service.core.failures import one_line
+from service.core.memory import SERVER_MALLOC_ARENAS, limit_malloc_arenas
 from service.core.metrics import Metrics
 from service.core.model import ModelLoadError
 from service.core.pipeline import Pipeline
@@ -196,6 +198,7 @@ def check_http_server(settings: Settings) -> None:
 
 
 def main() -> None:
+    limit_malloc_arenas(SERVER_MALLOC_ARENAS, os.environ)  # before any thread starts
     settings = read_settings()
     check_http_server(settings)
     sock = bind(settings)

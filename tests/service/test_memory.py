@@ -1,4 +1,5 @@
-"""available_memory reads the container's limit (cgroup v2 or v1) and the machine's MemTotal."""
+"""available_memory reads the container's limit (cgroup v2 or v1) and the machine's MemTotal; the C heap's two
+calls (arena limit, trim) reach glibc."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.memory import available_memory
+from service.core.memory import available_memory, limit_malloc_arenas, return_freed_memory
 
 MEMINFO = "MemTotal:       24684096 kB\nMemFree:        17046776 kB\n"
 MEM_TOTAL = 24684096 * 1024
@@ -41,3 +42,13 @@ def test_available_memory_is_the_cgroup_limit_capped_by_mem_total(
 
 def test_available_memory_is_unknown_without_cgroup_or_meminfo(tmp_path: Path) -> None:
     assert available_memory(**files(tmp_path, None, None, meminfo=None)) is None
+
+
+def test_the_malloc_arena_limit_leaves_a_set_malloc_arena_max_alone() -> None:
+    assert limit_malloc_arenas(2, {"MALLOC_ARENA_MAX": "8"}) is False
+
+
+def test_the_malloc_arena_limit_and_the_heap_trim_are_taken_by_glibc() -> None:
+    """This suite runs on glibc (Debian, the image's base): both calls exist and succeed."""
+    assert limit_malloc_arenas(8, {}) is True  # 8: this test process's own arenas stay as glibc's default allows
+    assert return_freed_memory() is True
