@@ -7,14 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.core.preprocessing import (
-    ALPHA_BACKGROUND,
-    INPUT_SIZE,
-    JPEG_DRAFT_GRAY,
-    JPEG_DRAFT_MIN_SIDE,
-    RESIZE_FILTER,
-    open_image,
-)
+from service.core.preprocessing import ALPHA_BACKGROUND, INPUT_SIZE, RESIZE_FILTER, apply_jpeg_draft, open_image
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:
@@ -45,9 +38,8 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
 
 def legacy_preprocess_bytes(data: bytes) -> np.ndarray:
     with open_image(data) as image:
-        if image.format in ("JPEG", "MPO"):
-            # The service's draft (luma for colour JPEGs): what this freezes is the conversion after it.
-            image.draft("L" if JPEG_DRAFT_GRAY else image.mode, (JPEG_DRAFT_MIN_SIDE, JPEG_DRAFT_MIN_SIDE))
+        # The service's draft (luma for colour JPEGs): what this freezes is the conversion after it.
+        apply_jpeg_draft(image)
         image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
@@ -39,13 +39,21 @@ def available_memory(
     return min(known) if known else None
 
 
+def _c_library(name: str) -> Callable[..., int] | None:
+    """A function of the process's C library (glibc's heap calls), or None where it has none (musl). No library
+    wraps these two calls."""
+    try:
+        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
 def return_freed_memory() -> bool:
     """Hands the C heap's free pages back to the system (glibc's malloc_trim); False where the C library has no
-    such call (musl). glibc keeps what a thread freed in its arena: after a version's warm-up and measurement,
-    11 MiB of RSS at ready (BENCHMARKS.md). No library wraps this one call."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    such call. glibc keeps what a thread freed in its arena: after a version's warm-up and measurement, 11 MiB of
+    RSS at ready (BENCHMARKS.md)."""
+    trim = _c_library("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
@@ -63,10 +71,7 @@ SERVER_MALLOC_ARENAS = 2
 def limit_malloc_arenas(arenas: int, environment: Mapping[str, str]) -> bool:
     """Before the process starts its threads: at most `arenas` glibc heap arenas, unless MALLOC_ARENA_MAX is set
     in `environment` (glibc read it at start); False where it was set or the C library has no such call."""
-    if "MALLOC_ARENA_MAX" in environment:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _c_library("mallopt")
+    if "MALLOC_ARENA_MAX" in environment or mallopt is None:
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))

@@ -47,8 +47,8 @@ class ServedModel:
         predictor: Predictor
         if choice.path == "direct":
             # The direct path runs one image at a time: what the batch warm-up and the measurement grew is freed
-            # (57 MiB of RSS at ready for the default model on OpenVINO, the C heap's trim included; BENCHMARKS.md)
-            # and the lone shape warmed again.
+            # and the lone shape warmed again (45 MiB of RSS at ready for the default model on OpenVINO: 34 by the
+            # engine, 11 by the C heap's trim; BENCHMARKS.md).
             classifier.release_memory()
             return_freed_memory()
             warm_s += classifier.warm_up((1,))

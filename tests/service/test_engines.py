@@ -123,7 +123,7 @@ def test_each_engine_refuses_bytes_that_are_not_onnx_with_the_same_message(tmp_p
 
 @pytest.mark.skipif(not openvino_engine.installed(), reason="openvino is not installed")
 def test_a_model_that_openvino_serves_never_imports_onnxruntime(tiny_model_path: Path) -> None:
-    """onnxruntime at ready is 19 MiB of RSS, and its checking session 13 more (BENCHMARKS.md)."""
+    """onnxruntime and its checking session were 26 MiB of RSS at ready (BENCHMARKS.md)."""
     script = (
         "import sys; from pathlib import Path; from service.core.config import SessionSettings; "
         "from service.core.model import Classifier; "

@@ -58,7 +58,7 @@ def test_auto_runs_direct_when_batches_gain_less_than_the_minimum() -> None:
 def test_only_the_direct_path_frees_what_the_batch_warm_up_grew(
     tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, released: int
 ) -> None:
-    """The direct path never runs a batch again: OpenVINO would keep its buffers (46 MiB at ready)."""
+    """The direct path never runs a batch again: OpenVINO would keep its buffers (34 MiB at ready)."""
     calls: list[int] = []
     monkeypatch.setattr(Classifier, "release_memory", lambda self: calls.append(1))
     chosen = settings(request_path=path, model_path=tiny_model_path)

@@ -1,8 +1,8 @@
 """The onnxruntime engine (always installed): fp32 and INT8 (QDQ) files on the CPU execution provider.
 
 onnxruntime is imported only when this engine loads a file, like OpenVINO in its engine: a service that
-OpenVINO serves never imports it (19 MiB of RSS at ready, and 13 more for the session that used to check
-every file's signature, BENCHMARKS.md)."""
+OpenVINO serves never imports it (26 MiB of RSS at ready with the session that used to check every file's
+signature, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
