@@ -54,9 +54,12 @@ def valid_files() -> st.SearchStrategy[bytes]:
     return st.sampled_from(sorted(valid_images().values()))
 
 
-def mutated_files() -> st.SearchStrategy[bytes]:
-    """A valid file of any format with one to four mutations."""
-    return valid_files().flatmap(_mutate)
+def mutated_files(prefix: str = "") -> st.SearchStrategy[bytes]:
+    """A valid file of any format (or of the seeds whose names start with `prefix`) with one to four mutations."""
+    if not prefix:
+        return valid_files().flatmap(_mutate)
+    seeds = sorted(data for name, data in valid_images().items() if name.startswith(prefix))
+    return st.sampled_from(seeds).flatmap(_mutate)
 
 
 def headers_and_noise() -> st.SearchStrategy[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tracemalloc
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from service.core import preprocessing
 from service.core.preprocessing import (
     ImageError,
     ImageTooLargeError,
@@ -121,6 +123,26 @@ def test_a_real_header_followed_by_noise_gives_a_model_input_or_an_image_error(d
 @given(mutated_files())
 def test_mutated_valid_files_give_a_model_input_or_an_image_error(data: bytes) -> None:
     assert_model_input_or_image_error(data)
+
+
+def outcome(data: bytes) -> np.ndarray | type[ImageError]:
+    try:
+        return preprocess_bytes(data)
+    except ImageError as exc:
+        return type(exc)
+
+
+@fuzz_settings(300)
+@given(mutated_files("jpeg"))
+def test_a_mutated_jpeg_gives_what_pillows_decoder_alone_gives(data: bytes) -> None:
+    """The in-memory JPEG decode accepts, refuses and decodes exactly as Pillow's decoder did before it."""
+    fast = outcome(data)
+    with mock.patch.object(preprocessing, "_gray_jpeg_from_memory", return_value=None):
+        pillow = outcome(data)
+    if isinstance(fast, np.ndarray) and isinstance(pillow, np.ndarray):
+        np.testing.assert_array_equal(fast, pillow)
+    else:
+        assert fast is pillow, f"in memory: {fast}, Pillow alone: {pillow}"
 
 
 @fuzz_settings(100)

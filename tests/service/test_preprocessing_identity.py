@@ -107,3 +107,93 @@ def test_exif_orientation_on_the_gray_image_gives_the_legacy_tensor(
     exif[EXIF_ORIENTATION] = orientation
     data = encoded(mode, fmt, (211, 97), orientation, exif=exif)
     np.testing.assert_array_equal(preprocess_bytes(data), legacy_preprocess_bytes(data))
+
+
+# JPEGs: the in-memory TurboJPEG decode (simplejpeg) against Pillow's decoder at the same draft.
+JPEG_SIZES = [(173, 131), (401, 399), (800, 600), (1601, 1203), (1920, 1080), (1700, 1700), (4032, 3024)]
+JPEG_KINDS = {
+    "ycbcr-420": {"subsampling": 2},
+    "ycbcr-422": {"subsampling": 1},
+    "ycbcr-444": {"subsampling": 0},
+    "progressive": {"progressive": True},
+    "optimized": {"optimize": True, "quality": 60},
+    "restart-markers": {"restart_marker_rows": 1},
+}
+
+
+def noisy_photo(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
+    """A smooth picture with noise, so every DCT scale keeps some of its detail."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    ramp = np.add.outer(np.linspace(0, 160, height), np.linspace(0, 80, width))
+    bands = 1 if mode == "L" else 3
+    pixels = ramp[..., None] + rng.normal(0, 24, (height, width, bands)) + np.arange(bands) * 20
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels[..., 0] if bands == 1 else pixels, mode)
+
+
+def decoded_in_memory(data: bytes) -> bool:
+    with preprocessing.open_image(data) as image:
+        preprocessing.apply_jpeg_draft(image)
+        return preprocessing._gray_jpeg_from_memory(image) is not None
+
+
+@pytest.mark.parametrize("size", JPEG_SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("kind", sorted(JPEG_KINDS))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_decoded_from_memory_gives_pillows_tensor_bit_for_bit(
+    mode: str, kind: str, size: tuple[int, int]
+) -> None:
+    if mode == "L" and kind.startswith("ycbcr-4"):
+        pytest.skip("a gray JPEG has no chroma to subsample")
+    data = image_bytes(noisy_photo(mode, size, len(kind)), "JPEG", **{"quality": 90, **JPEG_KINDS[kind]})
+    assert decoded_in_memory(data)
+    np.testing.assert_array_equal(preprocess_bytes(data), legacy_preprocess_bytes(data))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_drafted_jpeg_decoded_from_memory_keeps_its_exif_orientation(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    data = image_bytes(noisy_photo("RGB", (1601, 1203), orientation), "JPEG", quality=90, exif=exif)
+    assert decoded_in_memory(data)
+    np.testing.assert_array_equal(preprocess_bytes(data), legacy_preprocess_bytes(data))
+
+
+def test_an_mpo_is_decoded_from_its_first_frame() -> None:
+    first, second = noisy_photo("RGB", (900, 700), 1), noisy_photo("RGB", (900, 700), 2).transpose(
+        Image.Transpose.ROTATE_180
+    )
+    data = image_bytes(first, "MPO", save_all=True, append_images=[second], quality=90)
+    assert decoded_in_memory(data)
+    np.testing.assert_array_equal(preprocess_bytes(data), legacy_preprocess_bytes(data))
+    np.testing.assert_array_equal(preprocess_bytes(data), preprocess_bytes(image_bytes(first, "JPEG", quality=90)))
+
+
+def test_cmyk_and_colour_drafts_are_left_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    cmyk = image_bytes(noisy_photo("RGB", (800, 600), 0).convert("CMYK"), "JPEG", quality=90)
+    assert not decoded_in_memory(cmyk)
+    np.testing.assert_array_equal(preprocess_bytes(cmyk), legacy_preprocess_bytes(cmyk))
+    monkeypatch.setattr(preprocessing, "JPEG_DRAFT_GRAY", False)
+    assert not decoded_in_memory(image_bytes(noisy_photo("RGB", (800, 600), 0), "JPEG", quality=90))
+
+
+def with_extraneous_bytes(data: bytes) -> bytes:
+    """Junk before the first restart marker: libjpeg warns ("extraneous bytes before marker 0xd0") and decodes on."""
+    at = data.index(b"\xff\xd0")
+    return data[:at] + b"\x00\x01\x02" + data[at:]
+
+
+def test_a_jpeg_libjpeg_warns_about_is_decoded_by_pillow_as_before() -> None:
+    data = image_bytes(noisy_photo("RGB", (800, 600), 3), "JPEG", quality=90, restart_marker_rows=1)
+    warned = with_extraneous_bytes(data)
+    assert decoded_in_memory(data)
+    assert not decoded_in_memory(warned)
+    np.testing.assert_array_equal(preprocess_bytes(warned), legacy_preprocess_bytes(warned))
+
+
+def test_a_truncated_jpeg_is_still_refused_as_pillow_refused_it() -> None:
+    data = image_bytes(noisy_photo("RGB", (800, 600), 4), "JPEG", quality=90)[:-5000]
+    assert not decoded_in_memory(data)
+    with pytest.raises(preprocessing.UndecodableImageError, match="truncated or corrupt"):
+        preprocess_bytes(data)
