@@ -167,8 +167,8 @@ class Rollout:
         gate can find the promoted one worse and serve the previous one again (a promotion of it)."""
         if self._repository is None:
             return
-        source = self._repository.source(previous.version)
         try:
+            source = await asyncio.to_thread(self._repository.source, previous.version)
             again = await asyncio.to_thread(ServedModel.load, source, self.settings, self.metrics)
             await self._follow_in_shadow(again, source)
         except Exception as exc:  # noqa: BLE001  the promotion stands; only a rollback by evidence is lost

@@ -85,10 +85,17 @@ class ModelRepository:
                 f"MODEL_DIR {self.model_dir} holds no version: put a model at {self.model_dir}/1/{MODEL_FILE} "
                 "(with its .json)"
             )
-        version, path = found[-1]  # the folder's own name may have leading zeros ("007" serves as version 7)
-        return ModelSource(path, str(version), fingerprint(path.parent))
+        return _source(*found[-1])
 
     def source(self, version: str) -> ModelSource:
-        """One version's folder as it is now (a version already served, taken again: rollback by evidence)."""
-        folder = self.model_dir / version
-        return ModelSource(folder / MODEL_FILE, version, fingerprint(folder))
+        """One version's folder as it is now (a version already served, taken again: rollback by evidence),
+        found by its number as `latest` found it, since its folder's name may have leading zeros."""
+        for number, path in self.versions():
+            if str(number) == version:
+                return _source(number, path)
+        raise ModelLoadError(f"version {version} is not in MODEL_DIR {self.model_dir} any more")
+
+
+def _source(version: int, path: Path) -> ModelSource:
+    """A version folder's model file; the folder's own name may have leading zeros ("007" serves as version 7)."""
+    return ModelSource(path, str(version), fingerprint(path.parent))

@@ -201,6 +201,22 @@ def test_an_invalid_request_threshold_is_a_422_with_a_sentence(client: TestClien
     assert response.json()["detail"].startswith("query parameter 'threshold': ")
 
 
+def test_a_version_taken_again_is_found_in_its_folder_whatever_its_leading_zeros(
+    add_version: Callable[..., Path],
+) -> None:
+    """After a promotion the previous version is loaded again by its number (rollback by evidence): a folder named
+    "007" serves as version 7 and must be found again as 7."""
+    model_dir = add_version(1)
+    (model_dir / "1").rename(model_dir / "007")
+    repository = ModelRepository(model_dir)
+    latest = repository.latest()
+    again = repository.source(latest.version)
+    assert (latest.version, latest.path) == ("7", model_dir / "007" / "model.onnx")
+    assert (again.version, again.path, again.fingerprint) == (latest.version, latest.path, latest.fingerprint)
+    with pytest.raises(ModelLoadError, match=r"version 8 is not in MODEL_DIR"):
+        repository.source("8")
+
+
 @pytest.mark.parametrize("name", ["²", "٣", "1" * 19, "-1", "+2", " 2", "2.0", "v2", ".2"])
 def test_a_folder_not_named_in_ascii_digits_is_ignored_with_one_warning(
     add_version: Callable[..., Path], caplog: pytest.LogCaptureFixture, name: str
