@@ -15,12 +15,12 @@ import argparse
 import hashlib
 import importlib
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.corpora import CORPUS_NAMES, load
 from bench.machine import describe
+from bench.timing import repeat
 
 Digest = Callable[[bytes], str]
 
@@ -45,16 +45,9 @@ def available_digests() -> dict[str, Digest]:
 
 
 def cpu_ms_per_file(digest: Digest, files: list[bytes], seconds: float) -> float:
-    """The least mean of three passes of at least `seconds` each, in one thread's CPU milliseconds per file."""
-    best = float("inf")
-    for _ in range(3):
-        start, calls = time.thread_time(), 0
-        while calls == 0 or time.thread_time() - start < seconds:
-            for data in files:
-                digest(data)
-            calls += len(files)
-        best = min(best, (time.thread_time() - start) * 1000 / calls)
-    return best
+    """The least of three passes of at least `seconds` each (bench.timing.repeat), in CPU milliseconds per file."""
+    passes = [repeat(lambda i: digest(files[i % len(files)]), seconds, min_calls=len(files)) for _ in range(3)]
+    return min(timings.cpu_ms_per() for timings in passes)
 
 
 def measure(seconds: float) -> dict[str, dict[str, float]]:
