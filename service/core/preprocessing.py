@@ -25,7 +25,9 @@ JPEG_DRAFT_MIN_SIDE: Final = 2 * max(INPUT_SIZE)
 # "L"): no chroma is upsampled or converted. 8 % less decode CPU on 1080p photos; it changes no held-out label
 # and moves probabilities far less than the INT8 variant does (`python -m bench.draft_scale`, BENCHMARKS.md).
 JPEG_DRAFT_GRAY: Final = True
-SUPPORTED_FORMATS: Final = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+# Pillow's names for a JPEG file (an MPO is a JPEG followed by more frames): what the draft applies to.
+JPEG_FORMATS: Final = frozenset({"JPEG", "MPO"})
+SUPPORTED_FORMATS: Final = JPEG_FORMATS | {"PNG", "WEBP", "BMP", "GIF", "TIFF"}
 DEFAULT_MAX_PIXELS: Final = 64_000_000
 
 PREPROCESSING_DESCRIPTION: Final = {
@@ -166,7 +168,7 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
 
 def apply_jpeg_draft(image: Image.Image) -> None:
     """Before the decode: a JPEG's DCT-domain draft (a no-op for every other format)."""
-    if image.format in ("JPEG", "MPO"):
+    if image.format in JPEG_FORMATS:
         # DCT-domain downscaling: a 12 MP photo decodes at 1/8 scale for a fraction of the cost.
         # Pillow applies only the first call, so estimating and decoding may both ask; it takes "L" from a
         # YCbCr file only (a gray or CMYK one keeps its mode).
@@ -183,7 +185,7 @@ def _gray_jpeg_from_memory(image: Image.Image) -> Image.Image | None:
     libjpeg warning (strict), so a file with extraneous bytes or a truncated one goes to Pillow's decoder, which
     accepts or refuses it as it always did.
     """
-    if image.format not in ("JPEG", "MPO") or image.mode != "L" or not isinstance(image.fp, io.BytesIO):
+    if image.format not in JPEG_FORMATS or image.mode != "L" or not isinstance(image.fp, io.BytesIO):
         return None
     width, height = image.size  # after the draft: the scale Pillow chose, which the minimum sizes pin
     with image.fp.getbuffer() as data:  # the whole file; an MPO's first frame starts at its first byte
@@ -245,7 +247,7 @@ def _jpeg_coefficient_bytes(image: Image.Image) -> int:
 def _decoder_bytes(image: Image.Image) -> int:
     """Buffers a decoder holds beside Pillow's image, from the header (before the JPEG draft)."""
     pixels = image.size[0] * image.size[1]
-    if image.format in ("JPEG", "MPO"):
+    if image.format in JPEG_FORMATS:
         return _jpeg_coefficient_bytes(image)
     if image.format == "WEBP":
         # libwebp decodes into its own RGBA buffer, copied to a canvas (measured: 3 x 4 bytes per pixel).
