@@ -273,8 +273,12 @@ def fit(
         log.info("resuming: best %s so far %.4f, %d epochs ago", monitor, best, since_best)
     throughput = Throughput(len(train))
     callbacks: list[keras.callbacks.Callback] = [throughput, *(extra_callbacks or [])]
-    # Kept after a finished run too, so --resume with more epochs continues instead of starting over.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoints.backup), delete_checkpoint=False))
+    # Kept after a finished run too, so --resume with more epochs continues instead of starting over. Two states
+    # (double_checkpoint): a process killed while writing the epoch's weights (a Ray node lost mid-fold) leaves a
+    # truncated file, and the resumed attempt restores the epoch before it instead of failing to open it.
+    callbacks.append(
+        keras.callbacks.BackupAndRestore(str(checkpoints.backup), delete_checkpoint=False, double_checkpoint=True)
+    )
     if settings.keep == "best":
         callbacks += [
             keras.callbacks.ModelCheckpoint(

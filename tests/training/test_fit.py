@@ -69,6 +69,35 @@ def test_resume_runs_only_the_epochs_that_are_left(toy_split: Split, tmp_path: P
 
 
 @pytest.mark.slow
+def test_resume_after_a_kill_during_the_backup_restores_the_epoch_before(toy_split: Split, tmp_path: Path) -> None:
+    """A process killed while writing an epoch's backup weights (a Ray node lost mid-fold) leaves them truncated,
+    and the epoch's history row unwritten (the log comes after the backup): resuming reruns that epoch."""
+    from training.fit import CheckpointPaths, FitSettings, fit
+
+    checkpoints = CheckpointPaths(tmp_path / "checkpoints")
+    train = toy_split.train.subset(np.arange(0, len(toy_split.train), 2))
+    fit(make_tiny_model(seed=0), train, toy_split.validation, FitSettings(epochs=2, batch_size=16, seed=0,
+                                                                          augment=False), checkpoints)
+    latest = checkpoints.backup / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    lines = checkpoints.history.read_text().splitlines(keepends=True)
+    checkpoints.history.write_text("".join(lines[:-1]))
+
+    throughput, epochs_run = fit(
+        make_tiny_model(seed=1),
+        train,
+        toy_split.validation,
+        FitSettings(epochs=3, batch_size=16, seed=0, augment=False, resume=True),
+        checkpoints,
+    )
+
+    rows = history_rows(checkpoints.history)
+    assert len(throughput) == 2
+    assert epochs_run == len(rows) == 3
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+
+
+@pytest.mark.slow
 def test_fit_without_resume_starts_over(toy_split: Split, tmp_path: Path) -> None:
     from training.fit import CheckpointPaths, FitSettings, fit
 
