@@ -42,24 +42,25 @@ def test_fit_reports_every_epoch_and_keeps_the_best_weights(fitted_tiny: Fitted)
     assert fitted_tiny.checkpoints.best_weights.is_file()
 
 
-@pytest.mark.slow
-def test_resume_runs_only_the_epochs_that_are_left(toy_split: Split, tmp_path: Path) -> None:
+def fit_toy(split: Split, folder: Path, epochs: int, *, resume: bool) -> tuple[list[float], int]:
+    """Half the toy training set for `epochs` into the checkpoint folder; resumed, a fresh model, as a new process
+    would start."""
     from training.fit import CheckpointPaths, FitSettings, fit
 
+    train = split.train.subset(np.arange(0, len(split.train), 2))
+    settings = FitSettings(epochs=epochs, batch_size=16, seed=0, augment=False, resume=resume)
+    return fit(make_tiny_model(seed=1 if resume else 0), train, split.validation, settings, CheckpointPaths(folder))
+
+
+@pytest.mark.slow
+def test_resume_runs_only_the_epochs_that_are_left(toy_split: Split, tmp_path: Path) -> None:
+    from training.fit import CheckpointPaths
+
     checkpoints = CheckpointPaths(tmp_path / "checkpoints")
-    train = toy_split.train.subset(np.arange(0, len(toy_split.train), 2))
-    settings = FitSettings(epochs=2, batch_size=16, seed=0, augment=False)
-    fit(make_tiny_model(seed=0), train, toy_split.validation, settings, checkpoints)
+    fit_toy(toy_split, checkpoints.root, 2, resume=False)
     after_two = history_rows(checkpoints.history)
 
-    # A new process: a fresh model, resumed from the checkpoint folder.
-    throughput, epochs_run = fit(
-        make_tiny_model(seed=1),
-        train,
-        toy_split.validation,
-        FitSettings(epochs=3, batch_size=16, seed=0, augment=False, resume=True),
-        checkpoints,
-    )
+    throughput, epochs_run = fit_toy(toy_split, checkpoints.root, 3, resume=True)
 
     rows = history_rows(checkpoints.history)
     assert len(throughput) == 1
@@ -72,24 +73,16 @@ def test_resume_runs_only_the_epochs_that_are_left(toy_split: Split, tmp_path: P
 def test_resume_after_a_kill_during_the_backup_restores_the_epoch_before(toy_split: Split, tmp_path: Path) -> None:
     """A process killed while writing an epoch's backup weights (a Ray node lost mid-fold) leaves them truncated,
     and the epoch's history row unwritten (the log comes after the backup): resuming reruns that epoch."""
-    from training.fit import CheckpointPaths, FitSettings, fit
+    from training.fit import CheckpointPaths
 
     checkpoints = CheckpointPaths(tmp_path / "checkpoints")
-    train = toy_split.train.subset(np.arange(0, len(toy_split.train), 2))
-    fit(make_tiny_model(seed=0), train, toy_split.validation, FitSettings(epochs=2, batch_size=16, seed=0,
-                                                                          augment=False), checkpoints)
+    fit_toy(toy_split, checkpoints.root, 2, resume=False)
     latest = checkpoints.backup / "latest.weights.h5"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     lines = checkpoints.history.read_text().splitlines(keepends=True)
     checkpoints.history.write_text("".join(lines[:-1]))
 
-    throughput, epochs_run = fit(
-        make_tiny_model(seed=1),
-        train,
-        toy_split.validation,
-        FitSettings(epochs=3, batch_size=16, seed=0, augment=False, resume=True),
-        checkpoints,
-    )
+    throughput, epochs_run = fit_toy(toy_split, checkpoints.root, 3, resume=True)
 
     rows = history_rows(checkpoints.history)
     assert len(throughput) == 2
